@@ -1,0 +1,36 @@
+# KnowledgeNest: `make run` starts the whole suite, `make test` runs every test.
+# Both create the virtual environment .venv and install what they need on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.yml
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-unit test-integration bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall whenever the package's requirements change.
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/python -m services.kit.runner --config $(CONFIG)
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var/*.db var/*.db-* .pytest_cache *.egg-info

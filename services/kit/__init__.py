@@ -1,0 +1,22 @@
+"""The one kit every KnowledgeNest service uses: events, outbox, inbox, database and config.
+
+A service imports what it needs from here::
+
+    from services.kit import Database, EventDispatcher, event_handler
+
+and nothing from any other service.
+"""
+from services.kit.db import Database, InboxRecordMixin, OutboxEventMixin
+from services.kit.envelope import Event, InvalidEvent
+from services.kit.events import EventDispatcher, EventHandler, event_handler
+
+__all__ = [
+    "Database",
+    "Event",
+    "EventDispatcher",
+    "EventHandler",
+    "InboxRecordMixin",
+    "InvalidEvent",
+    "OutboxEventMixin",
+    "event_handler",
+]

@@ -1,0 +1,146 @@
+"""A publisher with pipelined publisher confirms.
+
+nameko's publisher (and py-amqp's ``confirm_publish`` option) waits for the broker's confirm of
+each message before sending the next: one network round trip per event. The outbox relay sends a
+whole batch, then waits once for the confirms of all of it, which is several times faster and just
+as safe: a batch counts as published only when every message in it was acked.
+"""
+import logging
+import time
+
+import amqp
+from kombu import Connection
+
+from services.kit.constants import CONTENT_ENCODING, CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+
+class PublishFailed(Exception):
+    """The broker nacked, returned or did not confirm a message in time: nothing was marked sent."""
+
+
+def make_connection(amqp_uri, heartbeat, ssl=None, connect_timeout=5):
+    return Connection(amqp_uri, heartbeat=heartbeat, ssl=ssl, connect_timeout=connect_timeout)
+
+
+def event_message(body, event_id, event_type, source, headers=None, priority=None,
+                  expiration=None):
+    """An AMQP message carrying an event, with the properties DESIGN.md lists."""
+    properties = dict(
+        content_type=CONTENT_TYPE,
+        content_encoding=CONTENT_ENCODING,
+        delivery_mode=2,  # persistent
+        message_id=event_id,
+        type=event_type,
+        app_id=source,
+        timestamp=int(time.time()),
+        application_headers=dict(headers or {}),
+    )
+    if priority is not None:
+        properties["priority"] = priority
+    if expiration is not None:
+        properties["expiration"] = str(expiration)
+    return amqp.Message(body, **properties)
+
+
+class ConfirmedPublisher:
+    """Publishes batches on one channel in confirm mode, mandatory, and waits for every confirm.
+
+    Not safe for concurrent use: callers that share one hold a lock around ``publish_batch``.
+    The connection is opened lazily and reopened after any failure.
+    """
+
+    def __init__(self, amqp_uri, heartbeat, confirm_timeout, ssl=None):
+        self.amqp_uri = amqp_uri
+        self.heartbeat = heartbeat
+        self.confirm_timeout = confirm_timeout
+        self.ssl = ssl
+        self._connection = None
+        self._channel = None
+        self._next_tag = 1
+        self._pending = set()
+        self._nacked = set()
+        self._returned = []
+
+    def publish_batch(self, messages):
+        """Publish ``[(exchange, routing_key, amqp.Message), ...]``; return once all are confirmed.
+
+        Raises PublishFailed (or a connection error) if any is nacked, returned as unroutable or
+        not confirmed within the timeout; the caller then treats the whole batch as unsent.
+        """
+        if not messages:
+            return
+        try:
+            channel = self._ensure_channel()
+            self._nacked.clear()
+            self._returned.clear()
+            for exchange, routing_key, message in messages:
+                channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
+                                      mandatory=True)
+                self._pending.add(self._next_tag)
+                self._next_tag += 1
+            self._wait_for_confirms()
+        except Exception:
+            self.close()
+            raise
+        if self._nacked:
+            raise PublishFailed(f"broker nacked {len(self._nacked)} message(s)")
+        if self._returned:
+            reply_code, reply_text, exchange, routing_key = self._returned[0]
+            # Should not happen: every subscription's queue is declared up front (topology.py).
+            raise PublishFailed(
+                f"{len(self._returned)} message(s) unroutable, first: {exchange}/{routing_key} "
+                f"({reply_code} {reply_text})")
+
+    def close(self):
+        connection, self._connection, self._channel = self._connection, None, None
+        self._pending.clear()
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:  # closing a broken connection; nothing to save
+                log.debug("error closing publisher connection", exc_info=True)
+
+    def _ensure_channel(self):
+        if self._channel is None:
+            self._connection = make_connection(self.amqp_uri, self.heartbeat, self.ssl)
+            self._connection.ensure_connection(max_retries=1)
+            channel = self._connection.connection.channel()  # py-amqp channel
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            channel.events["basic_return"].add(self._on_return)
+            channel.confirm_select()
+            self._channel = channel
+            self._next_tag = 1
+            self._pending.clear()
+        return self._channel
+
+    def _wait_for_confirms(self):
+        deadline = time.monotonic() + self.confirm_timeout
+        while self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishFailed(
+                    f"{len(self._pending)} confirm(s) not received in {self.confirm_timeout}s")
+            try:
+                self._connection.connection.drain_events(timeout=remaining)
+            except TimeoutError:
+                continue
+
+    def _settle(self, delivery_tag, multiple):
+        if multiple:
+            settled = {tag for tag in self._pending if tag <= delivery_tag}
+        else:
+            settled = {delivery_tag} & self._pending
+        self._pending -= settled
+        return settled
+
+    def _on_ack(self, delivery_tag, multiple):
+        self._settle(delivery_tag, multiple)
+
+    def _on_nack(self, delivery_tag, multiple):
+        self._nacked |= self._settle(delivery_tag, multiple)
+
+    def _on_return(self, reply_code, reply_text, exchange, routing_key, message):
+        self._returned.append((reply_code, reply_text, exchange, routing_key))

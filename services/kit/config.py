@@ -1,0 +1,11 @@
+"""Load config.yml the way `nameko run` does: YAML with ${VAR:default} from the environment."""
+import yaml
+from nameko.cli.main import setup_yaml_parser
+
+DEFAULT_CONFIG_PATH = "config.yml"
+
+
+def load_config(path=DEFAULT_CONFIG_PATH):
+    setup_yaml_parser()  # registers nameko's !env_var resolver; idempotent
+    with open(path) as config_file:
+        return yaml.safe_load(config_file)

@@ -1,0 +1,422 @@
+"""Events over the one ``knowledge_nest_events`` exchange, with an outbox, an inbox and dead letters.
+
+Publishing (``EventDispatcher``)::
+
+    class CourseService:
+        name = "course"
+        db = Database(Base)
+        dispatch = EventDispatcher()
+
+        @rpc
+        def enroll(self, user_id, course_id):
+            ...                                   # write with self.db.session
+            self.dispatch("course.enrolled", {...})  # saved to the outbox, same transaction
+            self.db.session.commit()              # the change and its event, or neither
+
+    After the worker ends, the service's ``OutboxRelay`` publishes the new outbox rows with
+    publisher confirms and marks them sent; rows left unsent (broker away, process killed) are
+    swept up every few seconds, in id order. Delivery is at least once.
+
+Consuming (``event_handler``)::
+
+    @event_handler("review.created")        # binding keys; patterns such as "course.*" work
+    def update_rating(self, event):          # event: services.kit.Event (the envelope)
+        ...                                  # write with self.db.session; do not commit
+
+    queue "<service>.<method>" --> parse the envelope --> skip if the inbox has its event_id
+        --> run the handler --> commit its writes together with the inbox record --> ack
+    not an event (bad JSON, no event_type) --> "<queue>.dlq", reason in the headers, ack
+    handler raised --> "<queue>.retry.<delay>" then back, up to len(EVENT_RETRY_DELAYS) times,
+        then "<queue>.dlq" with the exception; the queue goes on meanwhile.
+"""
+import json
+import logging
+import sys
+import weakref
+from datetime import datetime, timezone
+from functools import partial
+
+import amqp
+from eventlet.queue import Empty, Full, LightQueue
+from eventlet.semaphore import Semaphore
+from nameko import events as nameko_events
+from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
+from nameko.exceptions import ContainerBeingKilled
+from nameko.extensions import SharedExtension
+from nameko.messaging import Consumer, QueueConsumer
+from sqlalchemy import select, update
+
+from services.kit import topology
+from services.kit.amqp import ConfirmedPublisher, event_message, make_connection
+from services.kit.constants import (
+    CONFIRM_TIMEOUT_CONFIG_KEY, DEAD_LETTER_EXCHANGE, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_HEARTBEAT,
+    DEFAULT_OUTBOX_BATCH_SIZE, DEFAULT_OUTBOX_POLL_INTERVAL, EVENTS_EXCHANGE,
+    EXTRA_SUBSCRIPTIONS_CONFIG_KEY, HEADER_ATTEMPTS,
+    HEADER_EXCEPTION, HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_REASON, OUTBOX_BATCH_SIZE_CONFIG_KEY, OUTBOX_POLL_INTERVAL_CONFIG_KEY,
+    PREFETCH_COUNT_CONFIG_KEY,
+)
+from services.kit.db import Database, utcnow
+from services.kit.envelope import InvalidEvent, new_event, parse_event
+
+log = logging.getLogger(__name__)
+
+# AMQP properties a retried or parked message keeps (its body is never touched).
+KEPT_PROPERTIES = ("content_type", "content_encoding", "message_id", "type", "app_id",
+                   "timestamp", "priority", "correlation_id")
+
+
+def find_database(container, user):
+    databases = [dep for dep in container.dependencies if isinstance(dep, Database)]
+    if len(databases) != 1:
+        raise RuntimeError(
+            f"{user} of service {container.service_name!r} needs exactly one "
+            f"services.kit.Database dependency (it has {len(databases)})")
+    return databases[0]
+
+
+def new_publisher(config):
+    return ConfirmedPublisher(
+        config[AMQP_URI_CONFIG_KEY],
+        heartbeat=config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
+        confirm_timeout=float(config.get(CONFIRM_TIMEOUT_CONFIG_KEY, DEFAULT_CONFIRM_TIMEOUT)),
+        ssl=config.get(AMQP_SSL_CONFIG_KEY))
+
+
+class Topology(SharedExtension):
+    """Declares the broker topology (topology.py) once per container, when it is set up."""
+
+    def __init__(self):
+        super().__init__()
+        # here, not in setup(): the extensions that use it may be set up before it
+        self._declared = set()
+        self._lock = Semaphore()
+
+    def declare(self, subscriptions=None):
+        """Declare the exchanges and SUBSCRIPTIONS' queues, plus ``subscriptions`` if given.
+
+        ``EXTRA_SUBSCRIPTIONS`` in config adds queues of consumers outside this code base (a
+        plain AMQP client's, say) so that they too never miss an event.
+        """
+        wanted = dict(topology.SUBSCRIPTIONS)
+        wanted.update(self.container.config.get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {})
+        wanted.update(subscriptions or {})
+        with self._lock:
+            missing = {name: keys for name, keys in wanted.items()
+                       if (name, tuple(keys)) not in self._declared}
+            if not missing:
+                return
+            config = self.container.config
+            with make_connection(config[AMQP_URI_CONFIG_KEY],
+                                 config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
+                                 config.get(AMQP_SSL_CONFIG_KEY)) as connection:
+                connection.ensure_connection(max_retries=3)
+                topology.declare_topology(connection, config, missing)
+            self._declared |= {(name, tuple(keys)) for name, keys in missing.items()}
+
+
+class OutboxRelay(SharedExtension):
+    """Publishes the service's unsent outbox rows, in order, and marks them sent when confirmed.
+
+    Woken right after a worker that dispatched an event ends; also sweeps every
+    ``OUTBOX_POLL_INTERVAL`` seconds for rows a crashed process or an absent broker left behind.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._wakeup = LightQueue(maxsize=1)
+        self._running = False
+        self._thread = None
+        self.publisher = None
+
+    def setup(self):
+        config = self.container.config
+        self.database = find_database(self.container, "EventDispatcher")
+        self.database.require(self.database.outbox_model, "OutboxEventMixin", "EventDispatcher")
+        self.poll_interval = float(config.get(OUTBOX_POLL_INTERVAL_CONFIG_KEY,
+                                              DEFAULT_OUTBOX_POLL_INTERVAL))
+        self.batch_size = int(config.get(OUTBOX_BATCH_SIZE_CONFIG_KEY, DEFAULT_OUTBOX_BATCH_SIZE))
+        self.publisher = new_publisher(config)
+
+    def start(self):
+        self._running = True
+        self._thread = self.container.spawn_managed_thread(self._run, identifier="outbox_relay")
+
+    def stop(self):
+        self._running = False
+        self.wake()
+        if self._thread is not None:
+            self._thread.wait()
+        if self.publisher is not None:
+            self.publisher.close()
+
+    def kill(self):
+        self._running = False
+        if self._thread is not None:
+            self._thread.kill()
+        if self.publisher is not None:
+            self.publisher.close()
+
+    def wake(self):
+        try:
+            self._wakeup.put_nowait(True)
+        except Full:  # already due to run
+            pass
+
+    def _run(self):
+        failures = 0
+        while self._running:
+            try:
+                self._wakeup.get(timeout=self.poll_interval)
+            except Empty:
+                pass
+            try:
+                self.relay_pending()
+                failures = 0
+            except Exception as exc:  # broker or database away: the rows wait for the next sweep
+                failures += 1
+                log.warning("outbox relay of %s could not publish (%s: %s); retrying in %.1fs",
+                            self.container.service_name, type(exc).__name__, exc,
+                            self.poll_interval, exc_info=failures == 1)
+
+    def relay_pending(self):
+        """Publish every unsent row, oldest first; return how many were published."""
+        model = self.database.outbox_model
+        published = 0
+        while True:
+            with self.database.Session() as session:
+                rows = session.execute(
+                    select(model.id, model.event_id, model.event_type, model.body, model.headers)
+                    .where(model.sent_at.is_(None)).order_by(model.id).limit(self.batch_size)
+                ).all()
+                session.rollback()
+            if not rows:
+                return published
+            self.publisher.publish_batch([
+                (EVENTS_EXCHANGE, row.event_type,
+                 event_message(row.body.encode("utf-8"), row.event_id, row.event_type,
+                               self.container.service_name, headers=json.loads(row.headers)))
+                for row in rows])
+            # Confirmed: mark sent. A crash right here republishes them; inboxes absorb that.
+            with self.database.Session() as session:
+                session.execute(update(model).where(model.id.in_([row.id for row in rows]))
+                                .values(sent_at=utcnow()))
+                session.commit()
+            published += len(rows)
+            if len(rows) < self.batch_size:
+                return published
+
+
+class EventDispatcher(nameko_events.EventDispatcher):
+    """``self.dispatch(event_type, data)``: save the event in the outbox of the current transaction.
+
+    Unlike nameko's, nothing is sent before the transaction commits, and nothing that committed is
+    lost if the broker is away. Returns the ``Event`` (its ``event_id`` is final).
+    """
+
+    topology = Topology()
+    relay = OutboxRelay()
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._dispatched_by = weakref.WeakSet()
+
+    def setup(self):
+        # Not nameko's setup: it would declare "<service>.events" and publish through it.
+        self.database = find_database(self.container, "EventDispatcher")
+        self.topology.declare()
+
+    def get_dependency(self, worker_ctx):
+        headers = json.dumps(self.get_message_headers(worker_ctx), default=str)
+
+        def dispatch(event_type, data):
+            event = new_event(event_type, data, source=self.container.service_name)
+            outbox_row = self.database.outbox_model(
+                event_id=event.event_id, event_type=event.event_type,
+                body=event.to_json().decode("utf-8"), headers=headers)
+            self.database.worker_session(worker_ctx).add(outbox_row)
+            self._dispatched_by.add(worker_ctx)
+            return event
+
+        return dispatch
+
+    def worker_teardown(self, worker_ctx):
+        if worker_ctx in self._dispatched_by:
+            self._dispatched_by.discard(worker_ctx)
+            self.relay.wake()
+
+
+class FailureRouter(SharedExtension):
+    """Sends a message that failed to its retry queue or parks it in its DLQ, confirmed."""
+
+    def __init__(self):
+        super().__init__()
+        self.publisher = None
+        self._lock = Semaphore()
+
+    def setup(self):
+        self.publisher = new_publisher(self.container.config)
+
+    def stop(self):
+        if self.publisher is not None:
+            self.publisher.close()
+
+    kill = stop
+
+    def forward(self, message, exchange, routing_key, extra_headers):
+        properties = {key: message.properties[key] for key in KEPT_PROPERTIES
+                      if message.properties.get(key) is not None}
+        headers = dict(message.headers or {})
+        headers.update(extra_headers)
+        copy = amqp.Message(message.body, delivery_mode=2, application_headers=headers,
+                            **properties)
+        with self._lock:
+            self.publisher.publish_batch([(exchange, routing_key, copy)])
+
+
+class EventQueueConsumer(QueueConsumer):
+    """nameko's QueueConsumer, handing over raw messages: the handler decodes them itself.
+
+    nameko's lets kombu decode the body first; a body that does not decode raises out of
+    kombu's receive callback and kills the consumer (and with it the service).
+    """
+
+    @property
+    def prefetch_count(self):
+        return int(self.container.config.get(PREFETCH_COUNT_CONFIG_KEY, self.container.max_workers))
+
+    def get_consumers(self, consumer_cls, channel):
+        for provider in self._providers:
+            consumer = consumer_cls(queues=[provider.queue],
+                                    on_message=partial(self.handle_message, provider, None))
+            consumer.qos(prefetch_count=self.prefetch_count)
+            self._consumers[provider] = consumer
+        return self._consumers.values()
+
+
+class EventHandler(nameko_events.EventHandler):
+    queue_consumer = EventQueueConsumer()
+    topology = Topology()
+    failure_router = FailureRouter()
+
+    def __init__(self, *binding_keys, **kwargs):
+        """Handle events whose type matches one of ``binding_keys`` (AMQP topic patterns).
+
+        The queue is durable, one per service and method: ``<service>.<method>``. Instances of a
+        service share it (competing consumers). Every handler's worker gets the envelope.
+        """
+        if not binding_keys or not all(isinstance(key, str) and key for key in binding_keys):
+            raise TypeError("event_handler needs at least one binding key, e.g. 'course.created'")
+        self.binding_keys = tuple(binding_keys)
+        super().__init__(EVENTS_EXCHANGE, binding_keys[0], **kwargs)
+
+    def setup(self):
+        config = self.container.config
+        self.queue_name = f"{self.container.service_name}.{self.method_name}"
+        self.queue = topology.consumer_queue(self.queue_name, self.binding_keys)
+        self.retry_delays = topology.retry_delays(config)
+        self.database = find_database(self.container, "@event_handler")
+        self.topology.declare({self.queue_name: self.binding_keys})
+        Consumer.setup(self)  # not nameko's EventHandler.setup: it names its own queue
+
+    def inbox_entry(self, worker_ctx):
+        """(consumer, event) recorded in the worker's transaction (see Database.worker_setup)."""
+        return self.queue_name, worker_ctx.args[0]
+
+    def handle_message(self, body, message):
+        try:
+            self._handle_message(message)
+        except Exception:  # never let one message take the consumer down
+            log.exception("could not handle a message from %s; rejecting it to its DLQ",
+                          self.queue_name)
+            self._reject(message)
+
+    def _handle_message(self, message):
+        properties = message.properties
+        try:
+            event = parse_event(message.body, message_id=properties.get("message_id"),
+                                app_id=properties.get("app_id"))
+        except InvalidEvent as exc:
+            log.warning("not an event on %s: %s; parked in its DLQ", self.queue_name, exc)
+            self._park(message, reason=str(exc), exception="InvalidEvent", attempts=0)
+            return
+        try:
+            seen = self.database.has_processed(self.queue_name, event.event_id)
+        except Exception:  # database away: let the worker fail and retry the message
+            seen = False
+        if seen:
+            log.info("event %s already processed by %s; skipped", event.event_id,
+                     self.queue_name)
+            self.queue_consumer.ack_message(message)
+            return
+        try:
+            self.container.spawn_worker(
+                self, (event,), {}, context_data=self.unpack_message_headers(message),
+                handle_result=partial(self.handle_result, message, event))
+        except ContainerBeingKilled:
+            self.queue_consumer.requeue_message(message)
+
+    def handle_result(self, message, event, worker_ctx, result=None, exc_info=None):
+        if exc_info is None:
+            try:
+                if not self.database.commit_worker(worker_ctx, self.queue_name, event.event_id):
+                    log.info("event %s was processed concurrently by %s; skipped",
+                             event.event_id, self.queue_name)
+            except Exception:
+                log.exception("commit failed for event %s on %s", event.event_id,
+                              self.queue_name)
+                exc_info = sys.exc_info()
+        try:
+            if exc_info is None:
+                self.queue_consumer.ack_message(message)
+            else:
+                self._retry_or_park(message, exc_info[1])
+        except Exception:
+            log.exception("could not settle event %s on %s", event.event_id, self.queue_name)
+            self._reject(message)
+        return result, exc_info
+
+    def _retry_or_park(self, message, exc):
+        attempts = int((message.headers or {}).get(HEADER_ATTEMPTS, 0)) + 1
+        reason = f"{type(exc).__name__}: {exc}"[:1000]
+        if attempts > len(self.retry_delays):
+            log.error("handler %s failed %d time(s); parked in its DLQ: %s",
+                      self.queue_name, attempts, reason)
+            self._park(message, reason=reason, exception=type(exc).__name__, attempts=attempts)
+            return
+        delay = self.retry_delays[attempts - 1]
+        log.warning("handler %s failed (try %d of %d); retrying in %ss: %s", self.queue_name,
+                    attempts, len(self.retry_delays) + 1, delay, reason)
+        self.failure_router.forward(
+            message, "", topology.retry_queue_name(self.queue_name, delay),
+            self._failure_headers(message, reason, type(exc).__name__, attempts))
+        self.queue_consumer.ack_message(message)
+
+    def _park(self, message, reason, exception, attempts):
+        self.failure_router.forward(
+            message, DEAD_LETTER_EXCHANGE, self.queue_name,
+            self._failure_headers(message, reason, exception, attempts))
+        self.queue_consumer.ack_message(message)  # only once the parked copy is confirmed
+
+    def _failure_headers(self, message, reason, exception, attempts):
+        headers = message.headers or {}
+        return {
+            HEADER_ATTEMPTS: attempts,
+            HEADER_REASON: reason,
+            HEADER_EXCEPTION: exception,
+            HEADER_ORIGINAL_ROUTING_KEY: headers.get(HEADER_ORIGINAL_ROUTING_KEY)
+            or message.delivery_info.get("routing_key"),
+            HEADER_ORIGINAL_QUEUE: self.queue_name,
+            HEADER_FAILED_AT: datetime.now(timezone.utc).isoformat(),
+        }
+
+    def _reject(self, message):
+        """Last resort: the broker dead-letters it to the DLQ itself (x-death says why)."""
+        if message.channel.connection:
+            try:
+                message.reject(requeue=False)
+            except Exception:  # connection gone: the broker redelivers the message
+                log.warning("could not reject a message on %s", self.queue_name, exc_info=True)
+
+
+event_handler = EventHandler.decorator

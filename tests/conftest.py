@@ -1,0 +1,70 @@
+# nameko 2.14's pytest plugin no longer monkey-patches: do it before anything imports a socket.
+import eventlet
+eventlet.monkey_patch()  # noqa: E402
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
+
+import pytest  # noqa: E402
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _admin_connection():
+    import pg8000.native
+    url = urlparse(POSTGRES_URL)
+    return pg8000.native.Connection(user=url.username or "postgres", password=url.password,
+                                    host=url.hostname or "127.0.0.1", port=url.port or 5432,
+                                    database=url.path.lstrip("/") or "postgres")
+
+
+@pytest.fixture
+def make_database_url(request, tmp_path):
+    """``make_database_url(backend)``: a new empty database, dropped after the test.
+
+    PostgreSQL databases are named ``kn_test_<random>`` on the machine's server.
+    """
+    created = []
+
+    def make(backend):
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / uuid.uuid4().hex}.db"
+        name = f"kn_test_{uuid.uuid4().hex[:12]}"
+        connection = _admin_connection()
+        try:
+            connection.run(f'CREATE DATABASE "{name}"')
+        finally:
+            connection.close()
+        created.append(name)
+        return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+    yield make
+
+    for name in created:
+        connection = _admin_connection()
+        try:
+            connection.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            connection.close()
+
+
+@pytest.fixture(params=DATABASE_BACKENDS)
+def database_backend(request):
+    """Runs a test once on SQLite and once on PostgreSQL."""
+    return request.param
+
+
+@pytest.fixture
+def make_service_database(make_database_url):
+    """``make_service_database(service, backend)``: a new database migrated to head with the
+    service's own Alembic history (the production path: no create_all)."""
+    from services.kit.migrations import upgrade
+
+    def make(service_name, backend):
+        url = make_database_url(backend)
+        upgrade(service_name, url)
+        return url
+
+    return make

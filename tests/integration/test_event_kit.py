@@ -1,0 +1,347 @@
+"""The event kit against the real broker and real databases (SQLite and PostgreSQL).
+
+Each test gets its own RabbitMQ vhost (nameko's ``rabbit_config`` fixture) and its own databases.
+"""
+import json
+from datetime import datetime
+from urllib.parse import urlparse
+
+import pika
+import pytest
+from nameko.rpc import rpc
+from nameko.standalone.events import event_dispatcher
+from nameko.testing.services import entrypoint_hook
+from sqlalchemy import Integer, String, Text, create_engine, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.kit import Database, EventDispatcher, InboxRecordMixin, OutboxEventMixin, event_handler
+from services.kit.constants import EVENTS_EXCHANGE
+from services.kit.db import normalize_url
+from tests.support.broker import PlainClient, wait_until
+from tests.support.proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class OutboxEvent(OutboxEventMixin, Base):
+    pass
+
+
+class InboxRecord(InboxRecordMixin, Base):
+    pass
+
+
+class Note(Base):
+    """The publisher's domain row: written in the same transaction as its event."""
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(String(200))
+
+
+class Effect(Base):
+    """What the consumer did: one row per handled event (the effect that must not double)."""
+    __tablename__ = "effects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(255))
+    data: Mapped[str] = mapped_column(Text)
+
+
+class NotePublisher:
+    name = "publisher"
+    db = Database(Base)
+    dispatch = EventDispatcher()
+
+    @rpc
+    def create_note(self, text):
+        self.db.session.add(Note(text=text))
+        event = self.dispatch("note.created", {"text": text})
+        self.db.session.commit()
+        return event.event_id
+
+    @rpc
+    def create_note_then_fail(self, text):
+        self.db.session.add(Note(text=text))
+        self.dispatch("note.created", {"text": text})
+        raise ValueError("rolled back before commit")
+
+
+class Recorder:
+    name = "recorder"
+    db = Database(Base)
+
+    @event_handler("note.created", "user.registered")
+    def record(self, event):
+        self.db.session.add(Effect(event_id=event.event_id, event_type=event.event_type,
+                                   data=json.dumps(event.data)))
+
+    @event_handler("fragile.*")
+    def fragile(self, event):
+        if event.data.get("fail"):
+            raise RuntimeError("handler failed on purpose")
+        self.db.session.add(Effect(event_id=event.event_id, event_type=event.event_type,
+                                   data=json.dumps(event.data)))
+
+
+RECORD_QUEUE = "recorder.record"
+FRAGILE_QUEUE = "recorder.fragile"
+
+
+@pytest.fixture
+def databases(make_database_url, database_backend):
+    """Separate databases for the publisher and the recorder, schema created."""
+    urls = {"publisher:Base": make_database_url(database_backend),
+            "recorder:Base": make_database_url(database_backend)}
+    for url in urls.values():
+        engine = create_engine(normalize_url(url))
+        Base.metadata.create_all(engine)
+        engine.dispose()
+    return urls
+
+
+@pytest.fixture
+def config(rabbit_config, databases):
+    return dict(rabbit_config, DB_URIS=databases, EVENT_RETRY_DELAYS=[0.2, 0.4],
+                OUTBOX_POLL_INTERVAL=0.5, HEARTBEAT=5)
+
+
+@pytest.fixture
+def broker_proxy(container_factory, rabbit_config):
+    """A TCP proxy between the services under test and the broker.
+
+    Torn down before the containers (it depends on container_factory): it restores the link, so
+    that they can stop cleanly, and stays open until the process ends.
+    """
+    proxy = TcpProxy("127.0.0.1", 5672)
+    url = urlparse(rabbit_config["AMQP_URI"])
+    proxy.amqp_uri = url._replace(
+        netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl()
+    yield proxy
+    proxy.restore()
+
+
+@pytest.fixture
+def plain(rabbit_config):
+    client = PlainClient(rabbit_config["AMQP_URI"])
+    yield client
+    client.close()
+
+
+def rows(url, model):
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(model)).all()
+    finally:
+        engine.dispose()
+
+
+def effects(config):
+    return rows(config["DB_URIS"]["recorder:Base"], Effect)
+
+
+def unsent(config):
+    engine = create_engine(normalize_url(config["DB_URIS"]["publisher:Base"]))
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
+            ).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_dispatched_event_reaches_plain_consumer_with_full_envelope(container_factory, config,
+                                                                    plain):
+    queue = plain.bind_queue("note.*")
+    container = container_factory(NotePublisher, config)
+    container.start()
+
+    with entrypoint_hook(container, "create_note") as create_note:
+        event_id = create_note("hello")
+
+    method, properties, body = plain.get(queue)
+    envelope = json.loads(body)
+    assert set(envelope) == {"event_id", "event_type", "timestamp", "source", "version", "data"}
+    assert envelope["event_id"] == event_id
+    assert envelope["event_type"] == "note.created"
+    assert envelope["source"] == "publisher"
+    assert envelope["version"] == 1
+    assert envelope["data"] == {"text": "hello"}
+    assert datetime.fromisoformat(envelope["timestamp"]).tzinfo is not None
+    assert method.exchange == EVENTS_EXCHANGE
+    assert method.routing_key == "note.created"
+    assert properties.delivery_mode == 2
+    assert properties.content_type == "application/json"
+    assert properties.content_encoding == "utf-8"
+    assert properties.message_id == event_id
+    assert properties.type == "note.created"
+    assert properties.app_id == "publisher"
+    wait_until(lambda: unsent(config) == 0, message="outbox row marked sent")
+
+
+def test_rolled_back_transaction_publishes_nothing(container_factory, config, plain):
+    queue = plain.bind_queue("#")
+    container = container_factory(NotePublisher, config)
+    container.start()
+
+    with pytest.raises(ValueError):
+        with entrypoint_hook(container, "create_note_then_fail") as create_note_then_fail:
+            create_note_then_fail("never")
+    with entrypoint_hook(container, "create_note") as create_note:
+        create_note("kept")
+
+    _, _, body = plain.get(queue)
+    assert json.loads(body)["data"] == {"text": "kept"}
+    assert plain.get_all(queue) == []
+    assert [note.text for note in rows(config["DB_URIS"]["publisher:Base"], Note)] == ["kept"]
+
+
+def test_seed_format_event_from_pika_reaches_handler(container_factory, config, plain):
+    container = container_factory(Recorder, config)
+    container.start()
+
+    # exactly what the seed's publisher sends: three fields, naive timestamp, no content type
+    seed_event = {"event_type": "user.registered", "timestamp": "2024-01-15T10:30:00",
+                  "data": {"user_id": 123, "email": "user@example.com", "name": "John Doe"}}
+    plain.publish("user.registered", seed_event)
+
+    handled = wait_until(lambda: effects(config), message="seed event handled")
+    assert len(handled) == 1
+    assert handled[0].event_type == "user.registered"
+    assert json.loads(handled[0].data) == seed_event["data"]
+    assert len(handled[0].event_id) == 32  # derived, stable
+
+
+def test_same_event_three_times_has_one_effect(container_factory, config, plain):
+    container = container_factory(Recorder, config)
+    container.start()
+
+    seed_event = {"event_type": "user.registered", "timestamp": "2024-01-15T10:30:00",
+                  "data": {"user_id": 1, "email": "a@example.com", "name": "A"}}
+    with_id = {"event_id": "e" * 32, "event_type": "note.created",
+               "timestamp": "2026-11-26T10:00:00+00:00", "source": "test", "version": 1,
+               "data": {"text": "once"}}
+    for _ in range(3):
+        plain.publish("user.registered", seed_event)  # derived id: same body, same id
+        plain.publish("note.created", with_id)
+    plain.publish("note.created", dict(with_id, event_id="f" * 32))  # a marker, after them
+
+    wait_until(lambda: any(row.event_id == "f" * 32 for row in effects(config)),
+               message="marker event handled")
+    handled = effects(config)
+    assert sorted(row.event_type for row in handled) == ["note.created", "note.created",
+                                                         "user.registered"]
+    assert len({row.event_id for row in handled}) == 3
+    assert plain.message_count(RECORD_QUEUE) == 0
+    assert plain.message_count(RECORD_QUEUE + ".dlq") == 0
+
+
+@pytest.mark.parametrize("poison, reason", [
+    (b"{not json", "not JSON"),
+    (b"\xff\xfe binary", "not UTF-8"),
+    (b'["a", "list"]', "not an object"),
+    (b'{"data": {"x": 1}}', "no event_type"),
+    (b'{"event_type": "note.created", "data": "text"}', "no data object"),
+])
+def test_poison_message_is_dead_lettered_and_next_event_handled(container_factory, config, plain,
+                                                                poison, reason):
+    container = container_factory(Recorder, config)
+    container.start()
+
+    plain.publish("note.created", poison,
+                  properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"))
+    plain.publish("note.created", {"event_type": "note.created", "data": {"text": "after"}})
+
+    wait_until(lambda: effects(config), message="event after the poison handled")
+    method, properties, body = plain.get(RECORD_QUEUE + ".dlq")
+    assert body == poison
+    assert reason in properties.headers["x-dead-letter-reason"]
+    assert properties.headers["x-exception-type"] == "InvalidEvent"
+    assert properties.headers["x-original-routing-key"] == "note.created"
+    assert properties.headers["x-original-queue"] == RECORD_QUEUE
+    assert [json.loads(row.data) for row in effects(config)] == [{"text": "after"}]
+    assert not container._died.ready()  # the service survived it
+
+
+def test_failing_handler_is_retried_then_parked_without_blocking(container_factory, config, plain):
+    container = container_factory(Recorder, config)
+    container.start()
+
+    plain.publish("fragile.thing", {"event_type": "fragile.thing", "data": {"fail": True}})
+    plain.publish("fragile.thing", {"event_type": "fragile.thing", "data": {"fail": False}})
+
+    # the good one goes through while the bad one waits in its retry queues
+    wait_until(lambda: effects(config), message="good event handled")
+    _, properties, body = plain.get(FRAGILE_QUEUE + ".dlq", timeout=15)
+    assert json.loads(body)["data"] == {"fail": True}
+    headers = properties.headers
+    assert headers["x-attempts"] == 3  # first try and two retries (EVENT_RETRY_DELAYS)
+    assert headers["x-exception-type"] == "RuntimeError"
+    assert "handler failed on purpose" in headers["x-dead-letter-reason"]
+    assert headers["x-original-routing-key"] == "fragile.thing"
+    assert len(effects(config)) == 1
+
+
+def test_event_dispatched_while_broker_unreachable_is_relayed_when_back(broker_proxy,
+                                                                        container_factory,
+                                                                        config, plain):
+    queue = plain.bind_queue("note.*")
+    container = container_factory(NotePublisher, dict(config, AMQP_URI=broker_proxy.amqp_uri))
+    container.start()
+
+    broker_proxy.cut()
+    with entrypoint_hook(container, "create_note") as create_note:
+        event_id = create_note("while away")  # the write succeeds: the event is in the outbox
+    assert unsent(config) == 1
+    assert plain.get_all(queue) == []
+
+    broker_proxy.restore()
+    _, properties, body = plain.get(queue, timeout=15)
+    assert properties.message_id == event_id
+    assert json.loads(body)["data"] == {"text": "while away"}
+    wait_until(lambda: unsent(config) == 0, message="outbox row marked sent")
+
+
+def test_event_dispatched_before_consumer_ever_started_waits_for_it(container_factory, config):
+    # the subscription is declared by whoever starts first (here: the publisher)
+    config = dict(config, EXTRA_SUBSCRIPTIONS={RECORD_QUEUE: ["note.created", "user.registered"]})
+    publisher = container_factory(NotePublisher, config)
+    publisher.start()
+    with entrypoint_hook(publisher, "create_note") as create_note:
+        event_id = create_note("early")
+    wait_until(lambda: unsent(config) == 0, message="event published")
+
+    recorder = container_factory(Recorder, config)
+    recorder.start()
+    handled = wait_until(lambda: effects(config), message="early event handled")
+    assert [row.event_id for row in handled] == [event_id]
+
+
+def test_nameko_shell_dispatch_reaches_the_same_handlers(container_factory, config):
+    container = container_factory(Recorder, config)
+    container.start()
+
+    # what `n.dispatch_event("knowledge_nest", ...)` does in `nameko shell`
+    dispatch = event_dispatcher(config)
+    dispatch("knowledge_nest", "user.registered",
+             {"event_type": "user.registered", "data": {"user_id": 5, "email": "s@example.com",
+                                                        "name": "Shell"}})
+
+    handled = wait_until(lambda: effects(config), message="shell event handled")
+    assert json.loads(handled[0].data)["name"] == "Shell"
+
+
+def test_publish_event_helper_reaches_the_same_handlers(container_factory, config):
+    from services.kit.shell import publish_event
+    container = container_factory(Recorder, config)
+    container.start()
+
+    event_id = publish_event(config, "note.created", {"text": "from the shell"})
+
+    handled = wait_until(lambda: effects(config), message="helper event handled")
+    assert handled[0].event_id == event_id

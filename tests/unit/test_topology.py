@@ -1,0 +1,35 @@
+"""Queue names and arguments: what an operator sees in the management UI."""
+from services.kit import topology
+from services.kit.constants import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE
+
+
+def test_consumer_queue_is_durable_bound_and_dead_letters_to_its_dlq():
+    queue = topology.consumer_queue("course.update_rating", ("review.created",))
+    assert queue.durable
+    assert [(b.exchange.name, b.routing_key) for b in queue.bindings] == [
+        (EVENTS_EXCHANGE, "review.created")]
+    assert queue.queue_arguments == {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                                     "x-dead-letter-routing-key": "course.update_rating"}
+    dlq = topology.dead_letter_queue("course.update_rating")
+    assert dlq.name == "course.update_rating.dlq"
+    assert (dlq.exchange.name, dlq.routing_key) == (DEAD_LETTER_EXCHANGE, "course.update_rating")
+
+
+def test_retry_queue_sends_back_after_its_delay():
+    queue = topology.retry_queue("course.update_rating", 1.5)
+    assert queue.name == "course.update_rating.retry.1500ms"
+    assert queue.queue_arguments == {"x-message-ttl": 1500, "x-dead-letter-exchange": "",
+                                     "x-dead-letter-routing-key": "course.update_rating"}
+
+
+def test_retry_delays_from_config_list_or_environment_string():
+    assert topology.retry_delays({}) == (1.0, 5.0, 30.0)
+    assert topology.retry_delays({"EVENT_RETRY_DELAYS": [0.5, 2]}) == (0.5, 2.0)
+    assert topology.retry_delays({"EVENT_RETRY_DELAYS": "1, 10"}) == (1.0, 10.0)
+    assert topology.retry_delays({"EVENT_RETRY_DELAYS": []}) == ()
+
+
+def test_every_subscription_names_a_service_method_and_binding_keys():
+    for queue_name, keys in topology.SUBSCRIPTIONS.items():
+        service, method = queue_name.split(".")
+        assert service and method and keys
