@@ -68,3 +68,20 @@ def make_service_database(make_database_url):
         return url
 
     return make
+
+
+@pytest.fixture
+def services_config(rabbit_config, make_service_database, database_backend):
+    """``services_config("auth", "course")``: nameko config to run those services for real: the
+    test's own vhost, each service's own migrated database (on this test's backend), short
+    retry delays and timeouts."""
+
+    def make(*service_names, **overrides):
+        db_uris = {f"{name}:Base": make_service_database(name, database_backend)
+                   for name in service_names}
+        config = dict(rabbit_config, DB_URIS=db_uris, EVENT_RETRY_DELAYS=[0.2, 0.5],
+                      OUTBOX_POLL_INTERVAL=0.5, RPC_TIMEOUT=10, HEARTBEAT=5)
+        config.update(overrides)
+        return config
+
+    return make

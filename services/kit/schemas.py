@@ -1,0 +1,45 @@
+"""Schemas every service uses: RPC input validation that raises our ValidationError, and pages.
+
+    PageArgs().load_or_raise({"page": page, "per_page": per_page})
+    page_of(session, select(Course).order_by(Course.id.desc()), page, per_page, CourseSchema())
+"""
+import marshmallow
+from marshmallow import Schema, fields, validate
+from sqlalchemy import func, select
+
+from services.kit.errors import ValidationError
+
+MAX_PER_PAGE = 100
+DEFAULT_PER_PAGE = 20
+
+
+class StrictSchema(Schema):
+    """Refuses unknown fields; ``load_or_raise`` turns marshmallow's error into ours."""
+
+    class Meta:
+        unknown = marshmallow.RAISE
+
+    def load_or_raise(self, data, message="invalid input"):
+        try:
+            return self.load(data)
+        except marshmallow.ValidationError as exc:
+            messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            raise ValidationError(message, messages) from None
+
+
+class PageArgs(StrictSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000),
+                          strict=True)
+    per_page = fields.Integer(load_default=DEFAULT_PER_PAGE,
+                              validate=validate.Range(min=1, max=MAX_PER_PAGE), strict=True)
+
+
+def page_of(session, query, page, per_page, schema):
+    """One page of ``query`` (a select() with its order) dumped with ``schema``, and the total."""
+    args = PageArgs().load_or_raise({"page": page, "per_page": per_page})
+    page, per_page = args["page"], args["per_page"]
+    total = session.execute(select(func.count()).select_from(query.order_by(None).subquery())
+                            ).scalar_one()
+    items = session.execute(query.limit(per_page).offset((page - 1) * per_page)).scalars().all()
+    return {"items": schema.dump(items, many=True), "page": page, "per_page": per_page,
+            "total": total}
