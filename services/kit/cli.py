@@ -48,6 +48,46 @@ def cmd_makemigration(args, config):
     migrations.make_revision(service_name, db_uri, args.message)
 
 
+def cmd_dlq(args, config):
+    from services.kit.amqp import make_connection
+    from services.kit.dlq import DeadLetters
+    from nameko.constants import AMQP_URI_CONFIG_KEY
+
+    connection = make_connection(config[AMQP_URI_CONFIG_KEY], heartbeat=0)
+    with DeadLetters(connection, config) as dead_letters:
+        try:
+            queues = dead_letters.queues(args.queues)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}")
+        if args.action == "list":
+            for row in dead_letters.summary(queues):
+                reasons = "; ".join(f"{count}x {reason}" for reason, count
+                                    in row["reasons"].most_common(3))
+                print(f"{row['queue']:<52} {row['count']:>6}  oldest: {row['oldest'] or '-'}"
+                      f"  {reasons}")
+        elif args.action == "show":
+            for queue in queues:
+                for message in dead_letters.peek(queue, args.limit):
+                    print(json.dumps(message.describe(), ensure_ascii=False))
+        elif args.action == "requeue":
+            if not (args.queues or args.event_ids or args.all):
+                raise SystemExit("error: say which: --all, --queue Q or --event-id ID")
+            moved = dead_letters.requeue(queues, set(args.event_ids or ()))
+            print(f"requeued {moved} message(s)")
+        elif args.action == "purge":
+            total = sum(dead_letters.count(queue) for queue in queues)
+            if total == 0:
+                print("nothing to purge")
+                return
+            if not args.yes:
+                answer = input(f"Delete {total} parked message(s) from {len(queues)} queue(s) "
+                               f"for good? [y/N] ")
+                if answer.strip().lower() not in ("y", "yes"):
+                    print("nothing purged")
+                    return
+            print(f"purged {dead_letters.purge(queues)} message(s)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="knowledge-nest", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
@@ -66,6 +106,17 @@ def build_parser():
     makemigration.add_argument("service")
     makemigration.add_argument("-m", "--message", required=True)
     makemigration.set_defaults(run=cmd_makemigration)
+
+    dlq = commands.add_parser("dlq", help="list, show, requeue or purge parked messages")
+    dlq.add_argument("action", choices=["list", "show", "requeue", "purge"])
+    dlq.add_argument("--queue", dest="queues", action="append",
+                     help="a subscription or its DLQ, e.g. course.update_rating (repeatable)")
+    dlq.add_argument("--event-id", dest="event_ids", action="append",
+                     help="requeue only this event (repeatable)")
+    dlq.add_argument("--all", action="store_true", help="requeue every parked message")
+    dlq.add_argument("--limit", type=int, default=20, help="messages per queue for show")
+    dlq.add_argument("--yes", action="store_true", help="purge without asking")
+    dlq.set_defaults(run=cmd_dlq)
 
     publish = commands.add_parser("publish", help="publish one event, confirmed")
     publish.add_argument("event_type", help="e.g. user.registered")

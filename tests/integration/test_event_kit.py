@@ -345,3 +345,60 @@ def test_publish_event_helper_reaches_the_same_handlers(container_factory, confi
 
     handled = wait_until(lambda: effects(config), message="helper event handled")
     assert handled[0].event_id == event_id
+
+
+class Flaky:
+    """Fails while FLAKY_FAILING is true: to park messages, then to see them handled."""
+    name = "recorder"
+    db = Database(Base)
+    failing = True
+
+    @event_handler("fragile.*")
+    def fragile(self, event):
+        if Flaky.failing:
+            raise RuntimeError("not today")
+        self.db.session.add(Effect(event_id=event.event_id, event_type=event.event_type,
+                                   data=json.dumps(event.data)))
+
+
+def test_dlq_commands_list_show_requeue_and_purge(container_factory, config, plain, tmp_path,
+                                                  capsys):
+    from services.kit.amqp import make_connection
+    from services.kit.cli import main as knowledge_nest
+    from services.kit.dlq import DeadLetters
+    from services.kit.shell import publish_event
+
+    config = dict(config, EVENT_RETRY_DELAYS=[], EXTRA_SUBSCRIPTIONS={FRAGILE_QUEUE: ["fragile.*"]})
+    Flaky.failing = True
+    container = container_factory(Flaky, config)
+    container.start()
+    first = publish_event(config, "fragile.one", {"n": 1})
+    second = publish_event(config, "fragile.two", {"n": 2})
+    plain.publish("fragile.three", b"not json at all")
+    dlq = FRAGILE_QUEUE + ".dlq"
+    wait_until(lambda: plain.message_count(dlq) == 3, message="three messages parked")
+
+    connection = make_connection(config["AMQP_URI"], heartbeat=0)
+    with DeadLetters(connection, config) as dead_letters:
+        [row] = [row for row in dead_letters.summary() if row["queue"] == dlq]
+        assert row["count"] == 3
+        assert row["reasons"]["RuntimeError: not today"] == 2
+        assert any("not JSON" in reason for reason in row["reasons"])
+        assert row["oldest"] is not None
+        assert {message.event_id for message in dead_letters.peek(dlq)} >= {first, second}
+        assert dead_letters.count(dlq) == 3  # peeking removes nothing
+
+        Flaky.failing = False
+        assert dead_letters.requeue([FRAGILE_QUEUE], event_ids={second}) == 1
+        handled = wait_until(lambda: effects(config), message="requeued event handled")
+        assert [row.event_id for row in handled] == [second]
+        assert dead_letters.count(dlq) == 2
+
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
+    knowledge_nest(["--config", str(config_file), "dlq", "list"])
+    assert dlq in capsys.readouterr().out
+    knowledge_nest(["--config", str(config_file), "dlq", "purge", "--queue", FRAGILE_QUEUE,
+                    "--yes"])
+    assert "purged 2 message(s)" in capsys.readouterr().out
+    assert plain.message_count(dlq) == 0
