@@ -1,0 +1,5 @@
+-- One database per service: no service reads another's tables.
+CREATE DATABASE auth;
+CREATE DATABASE course;
+CREATE DATABASE review;
+CREATE DATABASE notification;
