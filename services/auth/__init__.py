@@ -1,0 +1,1 @@
+"""auth: users and their password hashes. RPC: register, authenticate, get_user."""

@@ -1,0 +1,68 @@
+"""RPC inputs (validated, raising services.kit.errors.ValidationError) and outputs of auth."""
+from datetime import timezone
+
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates
+
+from services.kit.schemas import StrictSchema
+from services.auth.passwords import password_problems
+
+ROLES = ("student", "instructor")
+
+
+def normalize_email(email):
+    """What we store and compare: stripped and lowercased (unique case-insensitively)."""
+    return email.strip().lower() if isinstance(email, str) else email
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 with an offset; SQLite hands back naive datetimes, which are UTC."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return super()._serialize(value, attr, obj, **kwargs)
+
+
+class RegisterArgs(StrictSchema):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    password = fields.String(required=True)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    role = fields.String(load_default="student", validate=validate.OneOf(ROLES))
+
+    @pre_load
+    def normalize(self, data, **kwargs):
+        data = dict(data)
+        data["email"] = normalize_email(data.get("email"))
+        if isinstance(data.get("name"), str):
+            data["name"] = data["name"].strip()
+        return data
+
+    @validates("password")
+    def check_password(self, value, **kwargs):
+        problems = password_problems(value)
+        if problems:
+            raise ValidationError(problems)
+
+
+class AuthenticateArgs(StrictSchema):
+    email = fields.String(required=True)
+    password = fields.String(required=True)
+
+    @pre_load
+    def normalize(self, data, **kwargs):
+        data = dict(data)
+        data["email"] = normalize_email(data.get("email"))
+        return data
+
+
+class UserIdArgs(StrictSchema):
+    user_id = fields.Integer(required=True, strict=True)
+
+
+class UserSchema(Schema):
+    """What leaves the service about a user: never the password hash."""
+    id = fields.Integer()
+    email = fields.String()
+    name = fields.String()
+    role = fields.String()
+    created_at = UtcDateTime()

@@ -1,0 +1,112 @@
+"""course's business rules, as plain functions of a SQLAlchemy session (the service wires them).
+
+Aggregates (enrollment_count, rating_count, rating_sum) change only through atomic UPDATEs
+(``x = x + 1`` in SQL), never read-modify-write, so concurrent writers cannot lose an update.
+"""
+import logging
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from services.course.models import Course, Enrollment
+from services.course.schemas import (
+    CourseIdArgs, CourseSchema, CreateCourseArgs, EnrollArgs, EnrollmentSchema,
+    ReviewCreatedData, UserIdArgs,
+)
+from services.kit.errors import Conflict, Forbidden, NotFound
+from services.kit.schemas import PageArgs, page_of
+
+log = logging.getLogger(__name__)
+
+ALREADY_ENROLLED = "already enrolled in this course"
+
+
+def validate_new_course(instructor_id, title, description):
+    return CreateCourseArgs().load_or_raise(
+        {"instructor_id": instructor_id, "title": title, "description": description})
+
+
+def create_course(session, dispatch, args, instructor):
+    """``args`` from validate_new_course; ``instructor`` the user auth answered for its id."""
+    if instructor.get("role") != "instructor":
+        raise Forbidden("only instructors can create courses")
+    course = Course(instructor_id=args["instructor_id"], title=args["title"],
+                    description=args["description"])
+    session.add(course)
+    session.flush()
+    dispatch("course.created", {"course_id": course.id, "title": course.title,
+                                "instructor_id": course.instructor_id})
+    session.commit()
+    log.info("course %s created by instructor %s", course.id, course.instructor_id)
+    return CourseSchema().dump(course)
+
+
+def list_courses(session, page, per_page):
+    return page_of(session, select(Course).order_by(Course.id.desc()), page, per_page,
+                   CourseSchema())
+
+
+def find_course(session, course_id):
+    args = CourseIdArgs().load_or_raise({"course_id": course_id})
+    course = session.get(Course, args["course_id"])
+    if course is None:
+        raise NotFound(f"course {args['course_id']} does not exist")
+    return course
+
+
+def get_course(session, course_id):
+    return CourseSchema().dump(find_course(session, course_id))
+
+
+def enroll(session, dispatch, user_id, course_id):
+    args = EnrollArgs().load_or_raise({"user_id": user_id, "course_id": course_id})
+    course = find_course(session, args["course_id"])
+    enrollment = Enrollment(user_id=args["user_id"], course=course)
+    session.add(enrollment)
+    try:
+        session.flush()  # the unique (user_id, course_id) constraint decides a race
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(ALREADY_ENROLLED) from None
+    session.execute(update(Course).where(Course.id == course.id)
+                    .values(enrollment_count=Course.enrollment_count + 1)
+                    .execution_options(synchronize_session=False))
+    dispatch("course.enrolled", {"enrollment_id": enrollment.id, "user_id": enrollment.user_id,
+                                 "course_id": course.id, "course_title": course.title})
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(ALREADY_ENROLLED) from None
+    return EnrollmentSchema().dump(enrollment)
+
+
+def list_enrollments(session, user_id, page, per_page):
+    args = UserIdArgs().load_or_raise({"user_id": user_id})
+    query = (select(Enrollment).where(Enrollment.user_id == args["user_id"])
+             .order_by(Enrollment.id.desc()))
+    return page_of(session, query, page, per_page, EnrollmentSchema())
+
+
+def is_enrolled(session, user_id, course_id):
+    args = EnrollArgs().load_or_raise({"user_id": user_id, "course_id": course_id})
+    return session.execute(
+        select(Enrollment.id).where(Enrollment.user_id == args["user_id"],
+                                    Enrollment.course_id == args["course_id"])
+    ).first() is not None
+
+
+class UnknownCourse(LookupError):
+    """A review.created for a course this service does not have: parked in the DLQ."""
+
+
+def record_rating(session, data):
+    """Add one review's rating to its course's aggregate (the caller commits, with the inbox)."""
+    args = ReviewCreatedData().load_or_raise(data, "review.created data is not usable")
+    result = session.execute(
+        update(Course).where(Course.id == args["course_id"])
+        .values(rating_count=Course.rating_count + 1,
+                rating_sum=Course.rating_sum + args["rating"])
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        raise UnknownCourse(f"course {args['course_id']} does not exist")

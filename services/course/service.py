@@ -1,0 +1,63 @@
+"""course: courses, enrollments, rating aggregates. The RPC contract is docs/rpc.md; the rules
+are in commands.py."""
+from nameko.rpc import rpc
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.course import commands
+from services.course.models import Base
+from services.kit import Database, EventDispatcher, event_handler
+from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
+from services.kit.rpc import TimedRpcProxy
+
+
+def check_database(session, service_name):
+    try:
+        session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable(f"{service_name}: database unavailable ({type(exc).__name__})")
+    return {"service": service_name, "database": "ok"}
+
+
+class CourseService:
+    name = "course"
+
+    db = Database(Base)
+    dispatch = EventDispatcher()
+    auth = TimedRpcProxy("auth")
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def create_course(self, instructor_id, title, description):
+        args = commands.validate_new_course(instructor_id, title, description)
+        # Ask auth before touching the session (SQLite: one connection per process).
+        instructor = self.auth.get_user(args["instructor_id"])  # NotFound propagates
+        return commands.create_course(self.db.session, self.dispatch, args, instructor)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_courses(self, page=1, per_page=20):
+        return commands.list_courses(self.db.session, page, per_page)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_course(self, course_id):
+        return commands.get_course(self.db.session, course_id)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def enroll(self, user_id, course_id):
+        return commands.enroll(self.db.session, self.dispatch, user_id, course_id)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_enrollments(self, user_id, page=1, per_page=20):
+        return commands.list_enrollments(self.db.session, user_id, page, per_page)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def is_enrolled(self, user_id, course_id):
+        return commands.is_enrolled(self.db.session, user_id, course_id)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
+    def health(self):
+        return check_database(self.db.session, self.name)
+
+    @event_handler("review.created")
+    def update_rating(self, event):
+        """One more rating on the course; the kit commits it with the inbox record."""
+        commands.record_rating(self.db.session, event.data)

@@ -1,0 +1,1 @@
+"""review: course reviews. RPC: create_review, list_reviews."""

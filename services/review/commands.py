@@ -1,0 +1,56 @@
+"""review's business rules, as plain functions of a SQLAlchemy session (the service wires them)."""
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from services.kit.errors import Conflict, Forbidden
+from services.kit.schemas import page_of
+from services.review.models import Review
+from services.review.schemas import CourseIdArgs, CreateReviewArgs, ReviewSchema
+
+log = logging.getLogger(__name__)
+
+ALREADY_REVIEWED = "you have already reviewed this course"
+
+
+def validate_new_review(user_id, course_id, rating, comment):
+    args = CreateReviewArgs().load_or_raise(
+        {"user_id": user_id, "course_id": course_id, "rating": rating, "comment": comment})
+    if args["comment"] is not None:
+        args["comment"] = args["comment"].strip() or None
+    return args
+
+
+def check_may_review(course_service, args):
+    """Ask the course service (before any database work): NotFound if there is no such course,
+    Forbidden unless the user is enrolled in it."""
+    course_service.get_course(args["course_id"])  # raises NotFound
+    if not course_service.is_enrolled(args["user_id"], args["course_id"]):
+        raise Forbidden("only students enrolled in this course can review it")
+
+
+def create_review(session, dispatch, args):
+    review = Review(user_id=args["user_id"], course_id=args["course_id"], rating=args["rating"],
+                    comment=args["comment"])
+    session.add(review)
+    try:
+        session.flush()  # the unique (user_id, course_id) constraint decides a race
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(ALREADY_REVIEWED) from None
+    dispatch("review.created", {"review_id": review.id, "user_id": review.user_id,
+                                "course_id": review.course_id, "rating": review.rating,
+                                "has_comment": review.comment is not None})
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(ALREADY_REVIEWED) from None
+    return ReviewSchema().dump(review)
+
+
+def list_reviews(session, course_id, page, per_page):
+    args = CourseIdArgs().load_or_raise({"course_id": course_id})
+    query = select(Review).where(Review.course_id == args["course_id"]).order_by(Review.id.desc())
+    return page_of(session, query, page, per_page, ReviewSchema())

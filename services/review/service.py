@@ -1,0 +1,41 @@
+"""review: course reviews. The RPC contract is docs/rpc.md; the rules are in commands.py."""
+from nameko.rpc import rpc
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.kit import Database, EventDispatcher
+from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
+from services.kit.rpc import TimedRpcProxy
+from services.review import commands
+from services.review.models import Base
+
+
+def check_database(session, service_name):
+    try:
+        session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable(f"{service_name}: database unavailable ({type(exc).__name__})")
+    return {"service": service_name, "database": "ok"}
+
+
+class ReviewService:
+    name = "review"
+
+    db = Database(Base)
+    dispatch = EventDispatcher()
+    course = TimedRpcProxy("course")
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def create_review(self, user_id, course_id, rating, comment=None):
+        args = commands.validate_new_review(user_id, course_id, rating, comment)
+        # RPC calls before touching the session (SQLite: one connection per process).
+        commands.check_may_review(self.course, args)
+        return commands.create_review(self.db.session, self.dispatch, args)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_reviews(self, course_id, page=1, per_page=20):
+        return commands.list_reviews(self.db.session, course_id, page, per_page)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
+    def health(self):
+        return check_database(self.db.session, self.name)
