@@ -68,7 +68,7 @@ class EnrollmentSchema(Schema):
     enrolled_at = UtcDateTime()
 
 
-class ReviewCreatedData(Schema):
+class ReviewCreatedData(StrictSchema):
     """What update_rating needs of a ``review.created`` event (other fields are ignored)."""
 
     class Meta:

@@ -1,0 +1,177 @@
+"""auth's rules, through its entrypoints with nameko's worker_factory (no broker).
+
+The database is a real in-memory SQLite session; the event dispatcher is worker_factory's mock.
+"""
+import time
+from types import SimpleNamespace
+
+import argon2
+import pytest
+from nameko.testing.services import worker_factory
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from services.auth.models import Base, User
+from services.auth.passwords import Passwords, common_passwords, password_problems
+from services.auth.service import AuthService
+from services.kit.errors import Conflict, NotFound, Unauthorized, ValidationError
+
+CHEAP_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+GOOD_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def session():
+    engine = create_engine("sqlite://", poolclass=StaticPool,
+                           connect_args={"check_same_thread": False})
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        yield session
+    engine.dispose()
+
+
+@pytest.fixture
+def service(session):
+    return worker_factory(AuthService, db=SimpleNamespace(session=session),
+                          passwords=Passwords(CHEAP_HASHER))
+
+
+def register(service, email="Ada@Example.com", password=GOOD_PASSWORD, name="Ada", **kwargs):
+    return service.register(email, password, name, **kwargs)
+
+
+def test_register_returns_the_user_without_the_hash_and_emits_user_registered(service, session):
+    user = register(service, email="  Ada.Lovelace@Example.COM ")
+
+    assert set(user) == {"id", "email", "name", "role", "created_at"}
+    assert user["email"] == "ada.lovelace@example.com"
+    assert user["role"] == "student"
+    assert user["created_at"].endswith("+00:00")
+    service.dispatch.assert_called_once_with(
+        "user.registered", {"user_id": user["id"], "email": "ada.lovelace@example.com",
+                            "name": "Ada"})
+    stored = session.execute(select(User)).scalar_one()
+    assert stored.password_hash.startswith("$argon2id$")
+    assert GOOD_PASSWORD not in stored.password_hash
+
+
+def test_register_an_instructor(service):
+    assert register(service, role="instructor")["role"] == "instructor"
+
+
+def test_email_is_unique_case_insensitively(service):
+    register(service, email="ada@example.com")
+    with pytest.raises(Conflict):
+        register(service, email="  ADA@example.com")
+    assert service.dispatch.call_count == 1
+
+
+@pytest.mark.parametrize("field, kwargs", [
+    ("email", {"email": "not-an-email"}),
+    ("email", {"email": ""}),
+    ("name", {"name": "   "}),
+    ("name", {"name": "x" * 101}),
+    ("role", {"role": "admin"}),
+    ("password", {"password": "short1!"}),
+    ("password", {"password": "x" * 257}),
+    ("password", {"password": "password123"}),
+    ("password", {"password": "Qwertyuiop"}),
+    ("password", {"password": "aaaaaaaaaaaa"}),
+    ("password", {"password": 12345678}),
+])
+def test_register_refuses_invalid_input_naming_the_field(service, field, kwargs):
+    with pytest.raises(ValidationError) as caught:
+        register(service, **kwargs)
+    assert field in caught.value.fields
+    service.dispatch.assert_not_called()
+
+
+@pytest.mark.parametrize("password", [
+    "eight ch",                       # exactly 8 characters
+    "x" * 100 + "a long passphrase",  # long
+    "мой пароль очень надёжный",      # any characters
+    "Tr0ub4dor&3 is not needed",
+])
+def test_password_policy_accepts_passphrases_without_composition_rules(password):
+    assert password_problems(password) == []
+
+
+def test_the_common_password_list_is_substantial_and_includes_the_classics():
+    common = common_passwords()
+    assert len(common) >= 300
+    assert {"password", "123456", "qwerty", "test123", "letmein"} <= common
+
+
+def test_authenticate_with_the_right_password(service):
+    user = register(service)
+    assert service.authenticate("ADA@example.com ", GOOD_PASSWORD) == user
+
+
+def test_wrong_password_and_unknown_email_get_the_same_answer(service):
+    register(service)
+    with pytest.raises(Unauthorized) as wrong_password:
+        service.authenticate("ada@example.com", "not the password")
+    with pytest.raises(Unauthorized) as unknown_email:
+        service.authenticate("nobody@example.com", GOOD_PASSWORD)
+    assert str(wrong_password.value) == str(unknown_email.value)
+
+
+def test_an_unknown_email_still_costs_a_hash_verification(session):
+    """Verifying against a dummy hash: an unknown email is not answered faster (no enumeration)."""
+    calls = []
+
+    class CountingHasher(argon2.PasswordHasher):
+        def verify(self, hash, password):
+            calls.append(hash)
+            return super().verify(hash, password)
+
+    service = worker_factory(AuthService, db=SimpleNamespace(session=session),
+                             passwords=Passwords(CountingHasher(time_cost=1, memory_cost=1024,
+                                                                parallelism=1)))
+    with pytest.raises(Unauthorized):
+        service.authenticate("nobody@example.com", GOOD_PASSWORD)
+    assert len(calls) == 1 and calls[0].startswith("$argon2id$")
+
+
+def test_timing_of_unknown_email_and_wrong_password_is_comparable(session):
+    """With the production cost, both take a full argon2 verification (loose bound: shared CI)."""
+    service = worker_factory(AuthService, db=SimpleNamespace(session=session),
+                             passwords=Passwords(argon2.PasswordHasher()))
+    register(service)
+
+    def duration(email):
+        start = time.perf_counter()
+        with pytest.raises(Unauthorized):
+            service.authenticate(email, "wrong password here")
+        return time.perf_counter() - start
+
+    wrong_password = min(duration("ada@example.com") for _ in range(3))
+    unknown_email = min(duration("nobody@example.com") for _ in range(3))
+    assert unknown_email > wrong_password / 3
+
+
+def test_authenticate_rehashes_a_hash_made_with_older_cheaper_parameters(session):
+    old = worker_factory(AuthService, db=SimpleNamespace(session=session),
+                         passwords=Passwords(CHEAP_HASHER))
+    register(old)
+    stronger = argon2.PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
+    new = worker_factory(AuthService, db=SimpleNamespace(session=session),
+                         passwords=Passwords(stronger))
+    new.authenticate("ada@example.com", GOOD_PASSWORD)
+    stored = session.execute(select(User)).scalar_one()
+    assert not stronger.check_needs_rehash(stored.password_hash)
+    assert new.authenticate("ada@example.com", GOOD_PASSWORD)["email"] == "ada@example.com"
+
+
+def test_get_user(service):
+    user = register(service)
+    assert service.get_user(user["id"]) == user
+    with pytest.raises(NotFound):
+        service.get_user(user["id"] + 1)
+    with pytest.raises(ValidationError):
+        service.get_user("1")
+
+
+def test_health(service):
+    assert service.health() == {"service": "auth", "database": "ok"}
