@@ -1,0 +1,1 @@
+"""The notification service: every event becomes a stored notification, delivered by mail."""

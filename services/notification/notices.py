@@ -1,0 +1,147 @@
+"""From an event to a pending notification, in the handler's transaction.
+
+Nothing here sends mail or commits: the kit commits the handler's session together with the
+event's inbox record, and the mail sender (``sender.py``) delivers what is pending afterwards.
+
+Who to write to comes from earlier events (``user.registered``, ``course.created``), remembered
+in ``contacts`` and ``courses``. For someone or something no event told us about, the
+``Directory`` asks the owning service over RPC (``auth.get_user``, ``course.get_course``); if that
+does not answer either, ``RecipientUnknown`` is raised and the kit retries the event later
+(``EVENT_RETRY_DELAYS``), then parks it in the queue's DLQ: never dropped silently.
+"""
+import logging
+
+import marshmallow
+from sqlalchemy import select
+
+from services.kit.errors import NotFound
+from services.notification.models import (
+    COURSE_LIVE, ENROLLMENT_CONFIRMED, NEW_REVIEW, PENDING, WELCOME, Contact, Course,
+    Notification,
+)
+from services.notification.schemas import (
+    CourseCreatedData, CourseEnrolledData, ReviewCreatedData, UserRegisteredData,
+)
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "\n\nThe KnowledgeNest team"
+
+
+class RecipientUnknown(Exception):
+    """The user or course a notice needs is not known yet: the kit retries the event."""
+
+
+class InvalidEventData(ValueError):
+    """The event's data lacks what the notice needs (retried, then parked with this reason)."""
+
+
+def load(schema, event):
+    try:
+        return schema.load(event.data)
+    except marshmallow.ValidationError as exc:
+        raise InvalidEventData(f"{event.event_type} event {event.event_id}: {exc.messages}") \
+            from None
+
+
+class Directory:
+    """Addresses of users and courses: remembered from events, else asked over RPC."""
+
+    def __init__(self, session, auth=None, course=None):
+        self.session = session
+        self.auth = auth
+        self.course = course
+
+    def remember_user(self, user_id, email, name):
+        return self.session.merge(Contact(user_id=user_id, email=email, name=name))
+
+    def remember_course(self, course_id, title, instructor_id):
+        return self.session.merge(Course(course_id=course_id, title=title,
+                                         instructor_id=instructor_id))
+
+    def user(self, user_id):
+        contact = self.session.get(Contact, user_id)
+        if contact is not None:
+            return contact
+        user = self._ask(self.auth, "get_user", "user", user_id)
+        return self.remember_user(user_id, user["email"], user["name"])
+
+    def course_info(self, course_id):
+        course = self.session.get(Course, course_id)
+        if course is not None:
+            return course
+        found = self._ask(self.course, "get_course", "course", course_id)
+        return self.remember_course(course_id, found["title"], found["instructor_id"])
+
+    def _ask(self, service, method, what, key):
+        if service is None:
+            raise RecipientUnknown(f"{what} {key} is not known yet (no event about it seen)")
+        try:
+            return getattr(service, method)(key)
+        except NotFound:
+            raise RecipientUnknown(f"{what} {key} is not known yet (no event about it seen, "
+                                   f"and {method} says it does not exist)") from None
+        except Exception as exc:  # service not running, timed out, ...
+            raise RecipientUnknown(f"{what} {key} is not known yet (no event about it seen, "
+                                   f"and {method} did not answer: {type(exc).__name__}: {exc})") \
+                from None
+
+
+def store(session, event, kind, contact, subject, body):
+    """Add the pending notification, unless this event already produced one of this kind."""
+    existing = session.execute(select(Notification).where(
+        Notification.event_id == event.event_id, Notification.kind == kind)).scalar_one_or_none()
+    if existing is not None:
+        log.info("event %s already has its %s notification (%s)", event.event_id, kind,
+                 existing.id)
+        return existing
+    notification = Notification(user_id=contact.user_id, email=contact.email, kind=kind,
+                                subject=subject, body=body, event_id=event.event_id,
+                                status=PENDING, attempts=0)
+    session.add(notification)
+    return notification
+
+
+def welcome(directory, event):
+    data = load(UserRegisteredData(), event)
+    contact = directory.remember_user(data["user_id"], data["email"], data["name"])
+    body = (f"Hi {contact.name},\n\n"
+            f"Welcome to KnowledgeNest! Your account ({contact.email}) is ready: browse the "
+            f"courses, enroll in the ones that interest you and review them once you have "
+            f"learnt something." + SIGNATURE)
+    return store(directory.session, event, WELCOME, contact,
+                 f"Welcome to KnowledgeNest, {contact.name}!", body)
+
+
+def course_live(directory, event):
+    data = load(CourseCreatedData(), event)
+    course = directory.remember_course(data["course_id"], data["title"], data["instructor_id"])
+    instructor = directory.user(course.instructor_id)
+    body = (f"Hi {instructor.name},\n\n"
+            f"Your course \"{course.title}\" is live on KnowledgeNest: students can find it "
+            f"and enroll in it now." + SIGNATURE)
+    return store(directory.session, event, COURSE_LIVE, instructor,
+                 f"Your course \"{course.title}\" is live", body)
+
+
+def enrollment_confirmed(directory, event):
+    data = load(CourseEnrolledData(), event)
+    student = directory.user(data["user_id"])
+    title = data["course_title"]
+    body = (f"Hi {student.name},\n\n"
+            f"You are enrolled in \"{title}\". Happy learning! Once you have followed it, "
+            f"tell others what you thought with a review." + SIGNATURE)
+    return store(directory.session, event, ENROLLMENT_CONFIRMED, student,
+                 f"You are enrolled in \"{title}\"", body)
+
+
+def new_review(directory, event):
+    data = load(ReviewCreatedData(), event)
+    course = directory.course_info(data["course_id"])
+    instructor = directory.user(course.instructor_id)
+    comment = "with a comment" if data["has_comment"] else "without a comment"
+    body = (f"Hi {instructor.name},\n\n"
+            f"Your course \"{course.title}\" has a new review: {data['rating']} out of 5 stars, "
+            f"{comment}." + SIGNATURE)
+    return store(directory.session, event, NEW_REVIEW, instructor,
+                 f"New review of your course \"{course.title}\"", body)

@@ -1,0 +1,67 @@
+"""The notification service: every event becomes a notification, delivered by mail.
+
+    user.registered  --> notification.send_welcome                --> welcome mail to the new user
+    course.created   --> notification.announce_course             --> "your course is live"
+    course.enrolled  --> notification.confirm_enrollment          --> enrollment confirmation
+    review.created   --> notification.notify_instructor_of_review --> new-review notice
+
+Each handler only stores the notification as ``pending`` (committed by the kit with the event's
+inbox record); ``MailSender`` delivers it after the commit and retries failed sends later.
+"""
+from nameko.rpc import rpc
+from sqlalchemy import select, text
+
+from services.kit import Database, event_handler
+from services.kit.errors import ServiceUnavailable
+from services.kit.rpc import TimedRpcProxy
+from services.kit.schemas import page_of
+from services.notification import notices
+from services.notification.models import Base, Notification
+from services.notification.schemas import ListNotificationsArgs, NotificationSchema
+from services.notification.sender import MailSender
+
+
+class NotificationService:
+    name = "notification"
+
+    db = Database(Base)
+    mail = MailSender()
+    auth = TimedRpcProxy("auth")      # for a user no user.registered told us about
+    course = TimedRpcProxy("course")  # for a course no course.created told us about
+
+    def _directory(self):
+        return notices.Directory(self.db.session, auth=self.auth, course=self.course)
+
+    @event_handler("user.registered")
+    def send_welcome(self, event):
+        notices.welcome(self._directory(), event)
+
+    @event_handler("course.created")
+    def announce_course(self, event):
+        notices.course_live(self._directory(), event)
+
+    @event_handler("course.enrolled")
+    def confirm_enrollment(self, event):
+        notices.enrollment_confirmed(self._directory(), event)
+
+    @event_handler("review.created")
+    def notify_instructor_of_review(self, event):
+        notices.new_review(self._directory(), event)
+
+    @rpc
+    def list_notifications(self, user_id, page=1, per_page=20):
+        args = ListNotificationsArgs().load_or_raise(
+            {"user_id": user_id, "page": page, "per_page": per_page})
+        query = (select(Notification).where(Notification.user_id == args["user_id"])
+                 .order_by(Notification.id.desc()))
+        return page_of(self.db.session, query, args["page"], args["per_page"],
+                       NotificationSchema())
+
+    @rpc
+    def health(self):
+        try:
+            self.db.session.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise ServiceUnavailable(f"notification database does not answer: "
+                                     f"{type(exc).__name__}") from None
+        return {"service": "notification", "database": "ok"}
