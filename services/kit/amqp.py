@@ -48,12 +48,13 @@ class ConfirmedPublisher:
     """Publishes batches on one channel in confirm mode, mandatory, and waits for every confirm.
 
     Not safe for concurrent use: callers that share one hold a lock around ``publish_batch``.
-    The connection is opened lazily and reopened after any failure.
+    The connection is opened lazily and reopened after any failure. It runs without heartbeats:
+    nothing reads from it between batches to answer them, so the broker would close an idle one;
+    a dead broker shows instead as a failed publish or a missing confirm (``confirm_timeout``).
     """
 
-    def __init__(self, amqp_uri, heartbeat, confirm_timeout, ssl=None):
+    def __init__(self, amqp_uri, confirm_timeout, ssl=None):
         self.amqp_uri = amqp_uri
-        self.heartbeat = heartbeat
         self.confirm_timeout = confirm_timeout
         self.ssl = ssl
         self._connection = None
@@ -66,32 +67,42 @@ class ConfirmedPublisher:
     def publish_batch(self, messages):
         """Publish ``[(exchange, routing_key, amqp.Message), ...]``; return once all are confirmed.
 
-        Raises PublishFailed (or a connection error) if any is nacked, returned as unroutable or
-        not confirmed within the timeout; the caller then treats the whole batch as unsent.
+        Raises PublishFailed (or a connection error) if any is nacked or not confirmed within
+        the timeout; the caller then treats the whole batch as unsent. Returns the messages the
+        broker returned as unroutable (no queue bound to their routing key), as
+        ``(reply_code, reply_text, exchange, routing_key)``: confirmed, but seen by nobody.
         """
         if not messages:
-            return
-        try:
-            channel = self._ensure_channel()
-            self._nacked.clear()
-            self._returned.clear()
-            for exchange, routing_key, message in messages:
-                channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
-                                      mandatory=True)
-                self._pending.add(self._next_tag)
-                self._next_tag += 1
-            self._wait_for_confirms()
-        except Exception:
-            self.close()
-            raise
+            return []
+        for attempt in (1, 2):
+            try:
+                self._publish_and_wait(messages)
+                break
+            except (OSError, amqp.exceptions.ConnectionError,
+                    amqp.exceptions.RecoverableConnectionError):
+                self.close()
+                # The connection may have died while idle (broker restart, closed by an
+                # operator): one fresh try. Messages of the failed try that did arrive are
+                # duplicates the consumers' inboxes absorb.
+                if attempt == 2:
+                    raise
+            except Exception:
+                self.close()
+                raise
         if self._nacked:
             raise PublishFailed(f"broker nacked {len(self._nacked)} message(s)")
-        if self._returned:
-            reply_code, reply_text, exchange, routing_key = self._returned[0]
-            # Should not happen: every subscription's queue is declared up front (topology.py).
-            raise PublishFailed(
-                f"{len(self._returned)} message(s) unroutable, first: {exchange}/{routing_key} "
-                f"({reply_code} {reply_text})")
+        return list(self._returned)
+
+    def _publish_and_wait(self, messages):
+        channel = self._ensure_channel()
+        self._nacked.clear()
+        self._returned.clear()
+        for exchange, routing_key, message in messages:
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
+                                  mandatory=True)
+            self._pending.add(self._next_tag)
+            self._next_tag += 1
+        self._wait_for_confirms()
 
     def close(self):
         connection, self._connection, self._channel = self._connection, None, None
@@ -104,7 +115,7 @@ class ConfirmedPublisher:
 
     def _ensure_channel(self):
         if self._channel is None:
-            self._connection = make_connection(self.amqp_uri, self.heartbeat, self.ssl)
+            self._connection = make_connection(self.amqp_uri, heartbeat=0, ssl=self.ssl)
             self._connection.ensure_connection(max_retries=1)
             channel = self._connection.connection.channel()  # py-amqp channel
             channel.events["basic_ack"].add(self._on_ack)
@@ -142,5 +153,6 @@ class ConfirmedPublisher:
     def _on_nack(self, delivery_tag, multiple):
         self._nacked |= self._settle(delivery_tag, multiple)
 
-    def _on_return(self, reply_code, reply_text, exchange, routing_key, message):
-        self._returned.append((reply_code, reply_text, exchange, routing_key))
+    def _on_return(self, exc, exchange, routing_key, message):
+        # py-amqp passes the reply code and text as an exception object
+        self._returned.append((exc.reply_code, exc.reply_text, exchange, routing_key))

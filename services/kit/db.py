@@ -151,7 +151,7 @@ class Database(nameko_sqlalchemy.Database):
 
     def has_processed(self, consumer, event_id):
         self.require(self.inbox_model, "InboxRecordMixin", "an @event_handler")
-        with self.Session() as session:
+        with self.Session(close_on_exit=True) as session:
             found = session.execute(
                 select(self.inbox_model.event_id).where(
                     self.inbox_model.consumer == consumer,

@@ -47,7 +47,7 @@ from nameko.messaging import Consumer, QueueConsumer
 from sqlalchemy import select, update
 
 from services.kit import topology
-from services.kit.amqp import ConfirmedPublisher, event_message, make_connection
+from services.kit.amqp import ConfirmedPublisher, PublishFailed, event_message, make_connection
 from services.kit.constants import (
     CONFIRM_TIMEOUT_CONFIG_KEY, DEAD_LETTER_EXCHANGE, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_HEARTBEAT,
     DEFAULT_OUTBOX_BATCH_SIZE, DEFAULT_OUTBOX_POLL_INTERVAL, EVENTS_EXCHANGE,
@@ -78,7 +78,6 @@ def find_database(container, user):
 def new_publisher(config):
     return ConfirmedPublisher(
         config[AMQP_URI_CONFIG_KEY],
-        heartbeat=config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
         confirm_timeout=float(config.get(CONFIRM_TIMEOUT_CONFIG_KEY, DEFAULT_CONFIRM_TIMEOUT)),
         ssl=config.get(AMQP_SSL_CONFIG_KEY))
 
@@ -184,7 +183,7 @@ class OutboxRelay(SharedExtension):
         model = self.database.outbox_model
         published = 0
         while True:
-            with self.database.Session() as session:
+            with self.database.Session(close_on_exit=True) as session:
                 rows = session.execute(
                     select(model.id, model.event_id, model.event_type, model.body, model.headers)
                     .where(model.sent_at.is_(None)).order_by(model.id).limit(self.batch_size)
@@ -192,13 +191,19 @@ class OutboxRelay(SharedExtension):
                 session.rollback()
             if not rows:
                 return published
-            self.publisher.publish_batch([
+            unroutable = self.publisher.publish_batch([
                 (EVENTS_EXCHANGE, row.event_type,
                  event_message(row.body.encode("utf-8"), row.event_id, row.event_type,
                                self.container.service_name, headers=json.loads(row.headers)))
                 for row in rows])
+            for _, _, _, routing_key in unroutable:
+                # Not retried: the broker took it, and retrying would hold up every later event.
+                # Every subscription's queue is declared up front (topology.py), so this means
+                # that nobody subscribes to this event type.
+                log.error("event %r published, but no queue is bound to it: nobody will see it",
+                          routing_key)
             # Confirmed: mark sent. A crash right here republishes them; inboxes absorb that.
-            with self.database.Session() as session:
+            with self.database.Session(close_on_exit=True) as session:
                 session.execute(update(model).where(model.id.in_([row.id for row in rows]))
                                 .values(sent_at=utcnow()))
                 session.commit()
@@ -271,7 +276,9 @@ class FailureRouter(SharedExtension):
         copy = amqp.Message(message.body, delivery_mode=2, application_headers=headers,
                             **properties)
         with self._lock:
-            self.publisher.publish_batch([(exchange, routing_key, copy)])
+            unroutable = self.publisher.publish_batch([(exchange, routing_key, copy)])
+        if unroutable:  # its retry queue or DLQ is missing: the caller rejects it instead
+            raise PublishFailed(f"no queue bound to {exchange!r}/{routing_key!r}")
 
 
 class EventQueueConsumer(QueueConsumer):

@@ -9,6 +9,8 @@ The event gets the full envelope, goes to ``knowledge_nest_events`` with publish
 reaches the same handlers as one a service dispatched. (nameko's own ``n.dispatch_event`` works
 too, through the "<service>.events" exchanges bound to ours: see the README.)
 """
+import logging
+
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 
 from services.kit.amqp import event_message, make_connection
@@ -16,6 +18,8 @@ from services.kit.constants import DEFAULT_HEARTBEAT, EVENTS_EXCHANGE
 from services.kit.envelope import new_event
 from services.kit.events import new_publisher
 from services.kit.topology import declare_topology
+
+log = logging.getLogger(__name__)
 
 
 def declare(config):
@@ -33,9 +37,12 @@ def publish_event(config, event_type, data, source="shell"):
     event = new_event(event_type, data, source=source)
     publisher = new_publisher(config)
     try:
-        publisher.publish_batch([(EVENTS_EXCHANGE, event.event_type,
-                                  event_message(event.to_json(), event.event_id,
-                                                event.event_type, source))])
+        unroutable = publisher.publish_batch([(EVENTS_EXCHANGE, event.event_type,
+                                               event_message(event.to_json(), event.event_id,
+                                                             event.event_type, source))])
     finally:
         publisher.close()
+    if unroutable:
+        log.warning("no queue is bound to %r: nobody will see event %s", event_type,
+                    event.event_id)
     return event.event_id

@@ -402,3 +402,19 @@ def test_dlq_commands_list_show_requeue_and_purge(container_factory, config, pla
                     "--yes"])
     assert "purged 2 message(s)" in capsys.readouterr().out
     assert plain.message_count(dlq) == 0
+
+
+def test_event_nobody_subscribes_to_does_not_hold_up_the_outbox(container_factory, config, plain,
+                                                                caplog):
+    container = container_factory(NotePublisher, config)
+    container.start()
+    with entrypoint_hook(container, "create_note") as create_note:
+        create_note("into the void")  # no queue is bound to note.created yet
+    wait_until(lambda: unsent(config) == 0, message="unroutable event marked sent")
+    assert "no queue is bound to it" in caplog.text
+
+    queue = plain.bind_queue("note.*")
+    with entrypoint_hook(container, "create_note") as create_note:
+        create_note("heard")
+    _, _, body = plain.get(queue)
+    assert json.loads(body)["data"] == {"text": "heard"}
