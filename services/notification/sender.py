@@ -50,6 +50,7 @@ def due(now):
 class MailSender(DependencyProvider):
 
     def __init__(self):
+        super().__init__()
         self._wakeup = LightQueue(maxsize=1)
         self._running = False
         self._thread = None

@@ -258,9 +258,10 @@ def test_same_event_delivered_three_times_sends_one_mail(notification, smtp_serv
 
     event = envelope("user.registered", {"user_id": 3, "email": "ada@example.com",
                                          "name": "Ada Lovelace"})
-    for _ in range(3):
-        plain.publish("user.registered", event)
-        smtp_server.wait_for(1)
+    plain.publish("user.registered", event)
+    plain.publish("user.registered", event)  # redelivered while the first may still be handled
+    smtp_server.wait_for(1)
+    plain.publish("user.registered", event)  # replayed after its mail went out
     publish(plain, "user.registered", {"user_id": 4, "email": "marker@example.com",
                                        "name": "Marker"})
 
@@ -332,9 +333,11 @@ def test_seed_format_event_published_with_pika_is_mailed(notification, smtp_serv
 def test_poison_message_is_dead_lettered_and_the_next_event_still_goes_out(notification,
                                                                            smtp_server, plain):
     smtp_server.start()
-    container = notification()
+    container = notification(EVENT_RETRY_DELAYS=[0.2, 0.4])
 
     plain.publish("user.registered", b"{not json")
+    # an event, but without what a welcome needs: retried (EVENT_RETRY_DELAYS), then parked
+    no_email = publish(plain, "user.registered", {"user_id": 7, "name": "No Email"})
     publish(plain, "user.registered", {"user_id": 8, "email": "after@example.com",
                                        "name": "After"})
 
@@ -343,6 +346,12 @@ def test_poison_message_is_dead_lettered_and_the_next_event_still_goes_out(notif
     _, properties, body = plain.get("notification.send_welcome.dlq", timeout=30)
     assert body == b"{not json"
     assert "not JSON" in properties.headers["x-dead-letter-reason"]
+    _, properties, body = plain.get("notification.send_welcome.dlq", timeout=30)
+    assert json.loads(body)["event_id"] == no_email
+    assert properties.headers["x-exception-type"] == "InvalidEventData"
+    assert "email" in properties.headers["x-dead-letter-reason"]
+    assert [row.user_id for row in notifications(container.config)] == [8]
+    assert len(smtp_server.messages()) == 1
     assert not container._died.ready()
 
 
