@@ -1,0 +1,129 @@
+"""The OpenAPI 3 document of the gateway, generated with apispec from gateway/schemas.py.
+
+Served at ``GET /api/openapi.json``. Every operation lists every status it can answer with; all
+errors share the ``Error`` schema.
+"""
+import functools
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from gateway import schemas
+
+OPENAPI_VERSION = "3.0.3"
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid input: bad JSON, wrong content type, unknown fields, wrong types or values"
+         " (`fields` names each)",
+    401: "No token, a bad or expired token",
+    403: "Not allowed for this user",
+    404: "No such resource",
+    405: "Method not allowed on this path",
+    409: "Conflict with the current state",
+    413: "Request body larger than MAX_BODY_BYTES",
+    429: "Too many failed logins for this account (see Retry-After)",
+    500: "A bug (never the details)",
+    503: "A service did not answer in time",
+}
+
+COURSE_ID = {
+    "name": "course_id", "in": "path", "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_ID},
+    "description": "Anything else (not a number, 0, out of range) is a 404.",
+}
+PAGE_PARAMETERS = [
+    {"name": "page", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}},
+    {"name": "per_page", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PER_PAGE,
+                "default": schemas.DEFAULT_PER_PAGE}},
+]
+BEARER = [{"bearerAuth": []}]
+
+
+def _json(schema):
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _operation(summary, ok_status, ok_schema, errors, body=None, parameters=(), secured=False,
+               ok_description="OK"):
+    errors = sorted(set(errors) | {405, 500, 503})
+    responses = {str(ok_status): {"description": ok_description, **_json(ok_schema)}}
+    for status in errors:
+        response = {"description": ERROR_DESCRIPTIONS[status], **_json("Error")}
+        if status == 429:
+            response["headers"] = {"Retry-After": {
+                "description": "seconds", "schema": {"type": "integer", "minimum": 1}}}
+        if status == 405:
+            response["headers"] = {"Allow": {"schema": {"type": "string"}}}
+        responses[str(status)] = response
+    operation = {"summary": summary, "responses": responses}
+    if parameters:
+        operation["parameters"] = list(parameters)
+    if body is not None:
+        operation["requestBody"] = {"required": True, **_json(body)}
+    if secured:
+        operation["security"] = BEARER
+    return operation
+
+
+@functools.lru_cache(maxsize=1)
+def openapi_document():
+    spec = APISpec(title="KnowledgeNest API", version="1.0.0", openapi_version=OPENAPI_VERSION,
+                   plugins=[MarshmallowPlugin()],
+                   info={"description": "HTTP gateway of KnowledgeNest. Who a request acts for "
+                                        "comes from its bearer token (POST /api/auth/login)."})
+    spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer",
+                                                   "bearerFormat": "JWT"})
+    for name, schema in [
+            ("Error", schemas.ErrorSchema), ("User", schemas.UserSchema),
+            ("Token", schemas.TokenSchema), ("Course", schemas.CourseSchema),
+            ("CoursePage", schemas.CoursePageSchema), ("Enrollment", schemas.EnrollmentSchema),
+            ("Review", schemas.ReviewSchema), ("ReviewPage", schemas.ReviewPageSchema),
+            ("Notification", schemas.NotificationSchema),
+            ("NotificationPage", schemas.NotificationPageSchema),
+            ("Health", schemas.HealthSchema), ("RegisterRequest", schemas.RegisterRequest),
+            ("LoginRequest", schemas.LoginRequest),
+            ("CourseCreateRequest", schemas.CourseCreateRequest),
+            ("ReviewCreateRequest", schemas.ReviewCreateRequest)]:
+        spec.components.schema(name, schema=schema)
+
+    body_errors = (400, 413)
+    spec.path("/api/auth/register", operations={"post": _operation(
+        "Register (role: student by default, or instructor)", 201, "User",
+        body_errors + (409,), body="RegisterRequest", ok_description="Created")})
+    spec.path("/api/auth/login", operations={"post": _operation(
+        "Log in: a bearer token", 200, "Token", body_errors + (401, 429), body="LoginRequest")})
+    spec.path("/api/users/me", operations={"get": _operation(
+        "The signed-in user", 200, "User", (401,), secured=True)})
+    spec.path("/api/users/me/notifications", operations={"get": _operation(
+        "Notifications sent to the signed-in user, newest first", 200, "NotificationPage",
+        (400, 401), parameters=PAGE_PARAMETERS, secured=True)})
+    spec.path("/api/courses", operations={
+        "get": _operation("Courses, newest first", 200, "CoursePage", (400,),
+                          parameters=PAGE_PARAMETERS),
+        "post": _operation("Create a course (instructors)", 201, "Course",
+                           body_errors + (401, 403), body="CourseCreateRequest", secured=True,
+                           ok_description="Created")})
+    spec.path("/api/courses/{course_id}", operations={"get": _operation(
+        "One course", 200, "Course", (404,), parameters=[COURSE_ID])})
+    spec.path("/api/courses/{course_id}/enroll", operations={"post": _operation(
+        "Enroll the signed-in user", 201, "Enrollment", (401, 404, 409, 413),
+        parameters=[COURSE_ID], secured=True, ok_description="Created")})
+    spec.path("/api/courses/{course_id}/reviews", operations={
+        "get": _operation("Reviews of a course, newest first", 200, "ReviewPage", (400, 404),
+                          parameters=[COURSE_ID] + PAGE_PARAMETERS),
+        "post": _operation("Review a course the signed-in user is enrolled in", 201, "Review",
+                           body_errors + (401, 403, 404, 409), body="ReviewCreateRequest",
+                           parameters=[COURSE_ID], secured=True, ok_description="Created")})
+    spec.path("/health", operations={"get": {
+        "summary": "Broker, services and their databases",
+        "responses": {"200": {"description": "All answer", **_json("Health")},
+                      "503": {"description": "Something does not answer (named in "
+                                             "`unavailable`)", **_json("Health")},
+                      "405": {"description": ERROR_DESCRIPTIONS[405], **_json("Error")}}}})
+    spec.path("/api/openapi.json", operations={"get": {
+        "summary": "This document",
+        "responses": {"200": {"description": "OpenAPI 3", **_json({"type": "object"})},
+                      "405": {"description": ERROR_DESCRIPTIONS[405], **_json("Error")}}}})
+    return spec.to_dict()

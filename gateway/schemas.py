@@ -1,0 +1,146 @@
+"""What the gateway accepts (request bodies, query strings) and sends (response bodies).
+
+Request schemas refuse unknown fields and wrong types (``StrictSchema``); the services validate
+again (the password policy, for one, is the auth service's). Response schemas are what the
+gateway dumps the services' answers through, so that nothing leaves that is not documented in
+the OpenAPI document generated from these same classes (``gateway/openapi.py``).
+"""
+from marshmallow import Schema, fields, validate
+
+from services.kit.schemas import DEFAULT_PER_PAGE, MAX_PER_PAGE, StrictSchema
+
+ROLES = ("student", "instructor")
+MAX_ID = 2 ** 31 - 1  # ids are 32-bit integers in every service's database
+
+
+def _datetime(**kwargs):
+    # The services send ISO 8601 strings with an offset; passed on as they are.
+    return fields.String(metadata={"format": "date-time"}, **kwargs)
+
+
+# -- requests --------------------------------------------------------------------------------
+
+class RegisterRequest(StrictSchema):
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    password = fields.String(required=True, validate=validate.Length(max=1024), metadata={
+        "description": "At least 8 characters, not a commonly used password (NIST SP 800-63B);"
+                       " enforced by the auth service: a 400 names `password` otherwise."})
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    role = fields.String(load_default="student", validate=validate.OneOf(ROLES))
+
+
+class LoginRequest(StrictSchema):
+    email = fields.String(required=True, validate=validate.Length(max=254))
+    password = fields.String(required=True, validate=validate.Length(max=1024))
+
+
+class CourseCreateRequest(StrictSchema):
+    title = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    description = fields.String(required=True, validate=validate.Length(max=20_000))
+
+
+class ReviewCreateRequest(StrictSchema):
+    rating = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=5))
+    comment = fields.String(load_default=None, allow_none=True,
+                            validate=validate.Length(max=2000))
+
+
+class PageQuery(StrictSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    per_page = fields.Integer(load_default=DEFAULT_PER_PAGE,
+                              validate=validate.Range(min=1, max=MAX_PER_PAGE))
+
+
+# -- responses -------------------------------------------------------------------------------
+
+class ResponseSchema(Schema):
+    """Dumps only the declared fields; documented as closed objects."""
+
+    class Meta:
+        unknown = "raise"
+
+
+class UserSchema(ResponseSchema):
+    id = fields.Integer(required=True)
+    email = fields.String(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    created_at = _datetime(required=True)
+
+
+class TokenSchema(ResponseSchema):
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True, validate=validate.OneOf(["bearer"]))
+    expires_in = fields.Integer(required=True, metadata={"description": "seconds"})
+
+
+class CourseSchema(ResponseSchema):
+    id = fields.Integer(required=True)
+    title = fields.String(required=True)
+    description = fields.String(required=True)
+    instructor_id = fields.Integer(required=True)
+    created_at = _datetime(required=True)
+    rating_average = fields.Float(required=True, allow_none=True)
+    rating_count = fields.Integer(required=True)
+    enrollment_count = fields.Integer(required=True)
+
+
+class EnrollmentSchema(ResponseSchema):
+    id = fields.Integer(required=True)
+    user_id = fields.Integer(required=True)
+    course_id = fields.Integer(required=True)
+    course_title = fields.String(required=True)
+    enrolled_at = _datetime(required=True)
+
+
+class ReviewSchema(ResponseSchema):
+    id = fields.Integer(required=True)
+    user_id = fields.Integer(required=True)
+    course_id = fields.Integer(required=True)
+    rating = fields.Integer(required=True)
+    comment = fields.String(required=True, allow_none=True)
+    created_at = _datetime(required=True)
+
+
+class NotificationSchema(ResponseSchema):
+    id = fields.Integer(required=True)
+    user_id = fields.Integer(required=True)
+    kind = fields.String(required=True)
+    subject = fields.String(required=True)
+    body = fields.String(required=True)
+    status = fields.String(required=True)
+    event_id = fields.String(required=True, allow_none=True)
+    created_at = _datetime(required=True)
+    sent_at = _datetime(required=True, allow_none=True)
+
+
+def _page_schema(item_schema, name):
+    return type(name, (ResponseSchema,), {
+        "items": fields.List(fields.Nested(item_schema), required=True),
+        "page": fields.Integer(required=True),
+        "per_page": fields.Integer(required=True),
+        "total": fields.Integer(required=True),
+    })
+
+
+CoursePageSchema = _page_schema(CourseSchema, "CoursePageSchema")
+ReviewPageSchema = _page_schema(ReviewSchema, "ReviewPageSchema")
+NotificationPageSchema = _page_schema(NotificationSchema, "NotificationPageSchema")
+
+
+class ErrorSchema(ResponseSchema):
+    error = fields.String(required=True, metadata={
+        "description": "validation_error, bad_request, unauthorized, forbidden, not_found, "
+                       "method_not_allowed, conflict, payload_too_large, too_many_requests, "
+                       "service_unavailable or internal_error"})
+    message = fields.String(required=True)
+    fields_ = fields.Dict(data_key="fields", required=True, keys=fields.String(), metadata={
+        "description": "field name -> its messages (marshmallow's shape); {} when none"})
+
+
+class HealthSchema(ResponseSchema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
+    checks = fields.Dict(required=True, keys=fields.String(), values=fields.String(), metadata={
+        "description": "broker, each service and each service's database: ok, unavailable"
+                       " or unknown (its service did not answer)"})
+    unavailable = fields.List(fields.String(), required=True)

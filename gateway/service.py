@@ -1,0 +1,187 @@
+"""gateway: the HTTP API (docs in gateway/openapi.py, served at /api/openapi.json).
+
+Routes only: parse (gateway/schemas.py), find who acts (the bearer token, gateway/auth.py), call
+a service over RPC with a timeout, dump the answer. Errors become JSON in one table
+(gateway/http.py).
+"""
+import json
+
+import eventlet
+from kombu import Connection
+from nameko.dependency_providers import Config
+
+from gateway import schemas
+from gateway.auth import TokenAuth
+from gateway.http import BadRequest, http, json_response, read_body
+from gateway.openapi import openapi_document
+from gateway.throttle import LoginThrottle
+from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from services.kit.rpc import TimedRpcProxy
+
+ID = f"<int(min=1, max={schemas.MAX_ID}):course_id>"
+SERVICES = ("auth", "course", "review", "notification")
+DEFAULT_HEALTH_TIMEOUT = 2.0
+
+
+def _json_body(request):
+    """The request's JSON object, or BadRequest."""
+    if request.mimetype != "application/json":
+        raise BadRequest("expected a JSON body with Content-Type: application/json")
+    raw = read_body(request)  # RequestEntityTooLarge over MAX_BODY_BYTES
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _load_body(request, schema_cls):
+    return schema_cls().load_or_raise(_json_body(request))
+
+
+def _page_args(request):
+    return schemas.PageQuery().load_or_raise(request.args.to_dict(flat=True),
+                                             message="invalid query parameters")
+
+
+class GatewayService:
+    name = "gateway"
+
+    auth = TimedRpcProxy("auth")
+    course = TimedRpcProxy("course")
+    review = TimedRpcProxy("review")
+    notification = TimedRpcProxy("notification")
+
+    tokens = TokenAuth()
+    failed_logins = LoginThrottle()
+    config = Config()
+
+    # -- accounts --------------------------------------------------------------------------
+
+    @http("POST", "/api/auth/register")
+    def register(self, request):
+        args = _load_body(request, schemas.RegisterRequest)
+        user = self.auth.register(args["email"], args["password"], args["name"], args["role"])
+        return json_response(schemas.UserSchema().dump(user), 201)
+
+    @http("POST", "/api/auth/login")
+    def login(self, request):
+        args = _load_body(request, schemas.LoginRequest)
+        self.failed_logins.check(args["email"])
+        try:
+            user = self.auth.authenticate(args["email"], args["password"])
+        except Unauthorized:
+            self.failed_logins.failed(args["email"])
+            raise
+        self.failed_logins.succeeded(args["email"])
+        return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)))
+
+    @http("GET", "/api/users/me")
+    def me(self, request):
+        principal = self.tokens.principal(request)
+        try:
+            user = self.auth.get_user(principal.user_id)
+        except NotFound:
+            raise Unauthorized("the token's user no longer exists") from None
+        return json_response(schemas.UserSchema().dump(user))
+
+    @http("GET", "/api/users/me/notifications")
+    def my_notifications(self, request):
+        principal = self.tokens.principal(request)
+        page = _page_args(request)
+        result = self.notification.list_notifications(principal.user_id, page["page"],
+                                                      page["per_page"])
+        return json_response(schemas.NotificationPageSchema().dump(result))
+
+    # -- courses ---------------------------------------------------------------------------
+
+    @http("POST", "/api/courses")
+    def create_course(self, request):
+        principal = self.tokens.principal(request)
+        if not principal.is_instructor:
+            raise Forbidden("only instructors can create courses")
+        args = _load_body(request, schemas.CourseCreateRequest)
+        course = self.course.create_course(principal.user_id, args["title"],
+                                           args["description"])
+        return json_response(schemas.CourseSchema().dump(course), 201)
+
+    @http("GET", "/api/courses")
+    def list_courses(self, request):
+        page = _page_args(request)
+        result = self.course.list_courses(page["page"], page["per_page"])
+        return json_response(schemas.CoursePageSchema().dump(result))
+
+    @http("GET", f"/api/courses/{ID}")
+    def get_course(self, request, course_id):
+        return json_response(schemas.CourseSchema().dump(self.course.get_course(course_id)))
+
+    @http("POST", f"/api/courses/{ID}/enroll")
+    def enroll(self, request, course_id):
+        principal = self.tokens.principal(request)
+        enrollment = self.course.enroll(principal.user_id, course_id)
+        return json_response(schemas.EnrollmentSchema().dump(enrollment), 201)
+
+    @http("POST", f"/api/courses/{ID}/reviews")
+    def create_review(self, request, course_id):
+        principal = self.tokens.principal(request)
+        args = _load_body(request, schemas.ReviewCreateRequest)
+        review = self.review.create_review(principal.user_id, course_id, args["rating"],
+                                           args["comment"])
+        return json_response(schemas.ReviewSchema().dump(review), 201)
+
+    @http("GET", f"/api/courses/{ID}/reviews")
+    def list_reviews(self, request, course_id):
+        page = _page_args(request)
+        result = self.review.list_reviews(course_id, page["page"], page["per_page"])
+        return json_response(schemas.ReviewPageSchema().dump(result))
+
+    # -- operations ------------------------------------------------------------------------
+
+    @http("GET", "/api/openapi.json")
+    def openapi(self, request):
+        return json_response(openapi_document())
+
+    @http("GET", "/health")
+    def health(self, request):
+        timeout = float(self.config.get("HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT))
+        checks = {"broker": self._broker_state(timeout)}
+        replies = {}
+        for name in SERVICES:
+            try:
+                with eventlet.Timeout(timeout):
+                    replies[name] = getattr(self, name).health.call_async()
+            except (Exception, eventlet.Timeout):
+                replies[name] = None
+        deadline = eventlet.hubs.get_hub().clock() + timeout
+        for name, reply in replies.items():
+            state = {"service": "unavailable", "database": "unknown"}
+            if reply is not None:
+                remaining = max(0.05, deadline - eventlet.hubs.get_hub().clock())
+                try:
+                    with eventlet.Timeout(remaining):
+                        answer = reply.result()
+                    state = {"service": "ok",
+                             "database": "ok" if answer.get("database") == "ok"
+                             else "unavailable"}
+                except ServiceUnavailable:
+                    # From the service itself: it answered, its database did not.
+                    state = {"service": "ok", "database": "unavailable"}
+                except (Exception, eventlet.Timeout):
+                    pass
+            checks[name] = state["service"]
+            checks[f"{name}.database"] = state["database"]
+        unavailable = sorted(key for key, value in checks.items() if value != "ok")
+        body = {"status": "unavailable" if unavailable else "ok", "checks": checks,
+                "unavailable": unavailable}
+        return json_response(schemas.HealthSchema().dump(body), 503 if unavailable else 200)
+
+    def _broker_state(self, timeout):
+        try:
+            with eventlet.Timeout(timeout):
+                with Connection(self.config["AMQP_URI"], connect_timeout=timeout) as connection:
+                    connection.ensure_connection(max_retries=1)
+            return "ok"
+        except (Exception, eventlet.Timeout):
+            return "unavailable"

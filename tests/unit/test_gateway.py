@@ -1,0 +1,363 @@
+"""The HTTP gateway with its RPC proxies replaced by mocks: a real web server on a free port,
+driven with ``requests``. No broker, no database."""
+import json
+import time
+
+import jwt
+import pytest
+import requests
+from nameko.exceptions import ConfigurationError, RemoteError
+from nameko.messaging import QueueConsumer
+from nameko.rpc import ReplyListener
+from nameko.testing.services import replace_dependencies
+from nameko.utils.concurrency import SpawningSet
+
+from gateway.auth import DEV_JWT_SECRET
+from gateway.service import GatewayService
+from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized,
+                                 ValidationError)
+
+SECRET = "unit-test-secret-that-is-long-enough-0123456789"
+USER = {"id": 7, "email": "ada@example.com", "name": "Ada", "role": "student",
+        "created_at": "2026-11-26T10:00:00+00:00"}
+INSTRUCTOR = dict(USER, id=8, email="grace@example.com", role="instructor")
+COURSE = {"id": 3, "title": "Python", "description": "Basics", "instructor_id": 8,
+          "created_at": "2026-11-26T10:00:00+00:00", "rating_average": None,
+          "rating_count": 0, "enrollment_count": 0}
+
+
+@pytest.fixture
+def gateway(container_factory, web_config, web_config_port):
+    """Starts the gateway; returns (base url, mocks by service name)."""
+
+    def start(**overrides):
+        # no broker: every RPC proxy is a mock; the URI is only read, never used
+        config = dict(web_config, AMQP_URI="pyamqp://guest:guest@127.0.0.1:1/", JWT_SECRET=SECRET, JWT_TTL_SECONDS=600, MAX_BODY_BYTES=1024,
+                      LOGIN_MAX_FAILURES=3, LOGIN_FAILURE_WINDOW_SECONDS=60)
+        config.update(overrides)
+        container = container_factory(GatewayService, config)
+        mocks = replace_dependencies(container, "auth", "course", "review", "notification")
+        # replace_dependencies leaves the proxies' shared reply listener (and its queue
+        # consumer) behind; they would try to reach a broker.
+        container.subextensions = SpawningSet(
+            extension for extension in container.subextensions
+            if not isinstance(extension, (ReplyListener, QueueConsumer)))
+        container.start()
+        return f"http://127.0.0.1:{web_config_port}", dict(
+            zip(("auth", "course", "review", "notification"), mocks))
+
+    return start
+
+
+@pytest.fixture
+def api(gateway):
+    return gateway()
+
+
+def token_for(user, secret=SECRET, algorithm="HS256", **claims):
+    payload = {"sub": str(user["id"]), "role": user["role"], "exp": int(time.time()) + 600}
+    payload.update(claims)
+    payload = {key: value for key, value in payload.items() if value is not None}
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["fields"], dict)
+    return body
+
+
+# -- JWT ------------------------------------------------------------------------------------
+
+def test_login_issues_a_token_that_then_signs_the_user_in(api):
+    base, mocks = api
+    mocks["auth"].authenticate.return_value = USER
+    mocks["auth"].get_user.return_value = USER
+    response = requests.post(f"{base}/api/auth/login",
+                             json={"email": "ada@example.com", "password": "correct horse"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["token_type"] == "bearer" and body["expires_in"] == 600
+    claims = jwt.decode(body["access_token"], SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "7" and claims["role"] == "student"
+    assert claims["exp"] - claims["iat"] == 600
+
+    me = requests.get(f"{base}/api/users/me", headers=bearer(body["access_token"]))
+    assert me.status_code == 200 and me.json() == USER
+    mocks["auth"].get_user.assert_called_once_with(7)
+
+
+@pytest.mark.parametrize("token", [
+    pytest.param(jwt.encode({"sub": "7", "role": "student", "exp": int(time.time()) + 600},
+                            None, algorithm="none"), id="alg-none"),
+    pytest.param(token_for(USER, exp=int(time.time()) - 10), id="expired"),
+    pytest.param(token_for(USER, exp=None), id="no-exp"),
+    pytest.param(token_for(USER, sub=None), id="no-sub"),
+    pytest.param(token_for(USER, secret="another-secret-that-is-also-long-enough-xx"),
+                 id="wrong-secret"),
+    pytest.param(token_for(USER, algorithm="HS512"), id="hs512"),
+    pytest.param(token_for(USER, sub="abc"), id="non-numeric-sub"),
+    pytest.param(token_for(USER, role="admin"), id="unknown-role"),
+    pytest.param("not.a.token", id="garbage"),
+])
+def test_bad_tokens_are_refused(api, token):
+    base, mocks = api
+    mocks["auth"].get_user.return_value = USER
+    assert_error(requests.get(f"{base}/api/users/me", headers=bearer(token)), 401,
+                 "unauthorized")
+    mocks["auth"].get_user.assert_not_called()
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic YWRhOnB3"},
+                                     {"Authorization": "Bearer "}])
+def test_no_bearer_token_is_401(api, headers):
+    base, _ = api
+    assert_error(requests.get(f"{base}/api/users/me", headers=headers), 401, "unauthorized")
+
+
+def test_who_acts_comes_from_the_token_not_the_body(api):
+    base, mocks = api
+    mocks["course"].enroll.return_value = {"id": 1, "user_id": 7, "course_id": 3,
+                                           "course_title": "Python",
+                                           "enrolled_at": "2026-11-26T10:00:00+00:00"}
+    response = requests.post(f"{base}/api/courses/3/enroll", json={"user_id": 99},
+                             headers=bearer(token_for(USER)))
+    assert response.status_code == 201
+    mocks["course"].enroll.assert_called_once_with(7, 3)
+
+
+def test_students_cannot_create_courses(api):
+    base, mocks = api
+    response = requests.post(f"{base}/api/courses", json={"title": "T", "description": "D"},
+                             headers=bearer(token_for(USER)))
+    assert_error(response, 403, "forbidden")
+    mocks["course"].create_course.assert_not_called()
+
+    mocks["course"].create_course.return_value = COURSE
+    response = requests.post(f"{base}/api/courses", json={"title": "T", "description": "D"},
+                             headers=bearer(token_for(INSTRUCTOR)))
+    assert response.status_code == 201 and response.json() == COURSE
+    mocks["course"].create_course.assert_called_once_with(8, "T", "D")
+
+
+def test_production_refuses_the_default_or_a_short_secret(gateway):
+    with pytest.raises(ConfigurationError, match="JWT_SECRET"):
+        gateway(ENVIRONMENT="production", JWT_SECRET=DEV_JWT_SECRET)
+
+
+def test_production_refuses_a_short_secret(gateway):
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        gateway(ENVIRONMENT="production", JWT_SECRET="short-secret")
+
+
+def test_production_starts_with_a_long_secret(gateway):
+    base, _ = gateway(ENVIRONMENT="production", JWT_SECRET="x" * 32)
+    assert requests.get(f"{base}/api/openapi.json").status_code == 200
+
+
+def test_development_default_secret_is_loud(gateway, caplog):
+    gateway(JWT_SECRET=DEV_JWT_SECRET)
+    assert any("JWT_SECRET" in record.getMessage() and record.levelname == "WARNING"
+               for record in caplog.records)
+
+
+# -- the error table ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, status, code", [
+    (ValidationError("invalid input", {"password": ["Must be at least 8 characters long."]}),
+     400, "validation_error"),
+    (Unauthorized("no"), 401, "unauthorized"),
+    (Forbidden("not enrolled"), 403, "forbidden"),
+    (NotFound("course 3 does not exist"), 404, "not_found"),
+    (Conflict("already enrolled"), 409, "conflict"),
+    (ServiceUnavailable("course.enroll did not answer within 5s"), 503, "service_unavailable"),
+])
+def test_service_errors_map_to_statuses(api, exc, status, code):
+    base, mocks = api
+    mocks["course"].enroll.side_effect = exc
+    body = assert_error(requests.post(f"{base}/api/courses/3/enroll",
+                                      headers=bearer(token_for(USER))), status, code)
+    if status < 500:
+        assert body["message"] == exc.message and body["fields"] == exc.fields
+    else:
+        assert "5s" not in body["message"]
+
+
+@pytest.mark.parametrize("exc", [
+    RemoteError("OperationalError", "(sqlite3.OperationalError) no such table: courses"),
+    KeyError("secret internals"),
+])
+def test_unexpected_errors_are_500_without_details(api, exc):
+    base, mocks = api
+    mocks["course"].get_course.side_effect = exc
+    response = requests.get(f"{base}/api/courses/3")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal_error", "message": "internal error",
+                               "fields": {}}
+    assert "sqlite" not in response.text and "Traceback" not in response.text
+
+
+def test_password_policy_error_names_the_field(api):
+    base, mocks = api
+    mocks["auth"].register.side_effect = ValidationError(
+        "invalid input", {"password": ["Must be at least 8 characters long."]})
+    body = assert_error(requests.post(f"{base}/api/auth/register", json={
+        "email": "test@example.com", "password": "test123", "name": "Test User"}),
+        400, "validation_error")
+    assert "password" in body["fields"]
+    mocks["auth"].register.assert_called_once_with("test@example.com", "test123", "Test User",
+                                                   "student")
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+def test_bad_json_is_400(api):
+    base, mocks = api
+    response = requests.post(f"{base}/api/auth/register", data=b'{"email": ',
+                             headers={"Content-Type": "application/json"})
+    assert_error(response, 400, "bad_request")
+    mocks["auth"].register.assert_not_called()
+
+
+@pytest.mark.parametrize("data, content_type", [
+    (b"email=a@b.c", "application/x-www-form-urlencoded"),
+    (b'{"email": "a@b.c"}', "text/plain"),
+    (b'["a", "b"]', "application/json"),
+    (b"\xff\xfe", "application/json"),
+])
+def test_wrong_content_type_or_shape_is_400(api, data, content_type):
+    base, _ = api
+    response = requests.post(f"{base}/api/auth/login", data=data,
+                             headers={"Content-Type": content_type})
+    assert_error(response, 400, "bad_request")
+
+
+def test_unknown_fields_and_wrong_types_are_400_naming_them(api):
+    base, mocks = api
+    body = assert_error(requests.post(f"{base}/api/auth/register", json={
+        "email": "a@example.com", "password": "long enough pw", "name": "A",
+        "is_admin": True}), 400, "validation_error")
+    assert "is_admin" in body["fields"]
+    body = assert_error(requests.post(f"{base}/api/courses/3/reviews", json={
+        "rating": "5"}, headers=bearer(token_for(USER))), 400, "validation_error")
+    assert "rating" in body["fields"]
+    body = assert_error(requests.post(f"{base}/api/courses/3/reviews", json={
+        "rating": 6}, headers=bearer(token_for(USER))), 400, "validation_error")
+    assert "rating" in body["fields"]
+    mocks["auth"].register.assert_not_called()
+    mocks["review"].create_review.assert_not_called()
+
+
+@pytest.mark.parametrize("query, field", [("page=0", "page"), ("per_page=101", "per_page"),
+                                          ("page=abc", "page"), ("sort=title", "sort")])
+def test_bad_pagination_is_400(api, query, field):
+    base, mocks = api
+    body = assert_error(requests.get(f"{base}/api/courses?{query}"), 400, "validation_error")
+    assert field in body["fields"]
+    mocks["course"].list_courses.assert_not_called()
+
+
+def test_pagination_is_passed_on(api):
+    base, mocks = api
+    mocks["course"].list_courses.return_value = {"items": [COURSE], "page": 2, "per_page": 5,
+                                                 "total": 6}
+    response = requests.get(f"{base}/api/courses?page=2&per_page=5")
+    assert response.status_code == 200 and response.json()["total"] == 6
+    mocks["course"].list_courses.assert_called_once_with(2, 5)
+
+
+def test_body_over_the_limit_is_413(api):
+    base, mocks = api
+    response = requests.post(f"{base}/api/auth/register", json={
+        "email": "a@example.com", "password": "x" * 2000, "name": "A"})
+    assert_error(response, 413, "payload_too_large")
+    mocks["auth"].register.assert_not_called()
+
+
+def test_chunked_body_over_the_limit_is_413(api):
+    base, mocks = api
+    chunks = iter([b'{"email": "a@example.com", "password": "', b"x" * 2000, b'"}'])
+    response = requests.post(f"{base}/api/auth/login", data=chunks,
+                             headers={"Content-Type": "application/json"})
+    assert_error(response, 413, "payload_too_large")
+    mocks["auth"].authenticate.assert_not_called()
+
+
+@pytest.mark.parametrize("path", ["/api/courses/abc", "/api/courses/99999999999999999999",
+                                  "/api/courses/0", "/api/courses/-1", "/api/nothing", "/"])
+def test_unknown_resources_are_json_404(api, path):
+    base, mocks = api
+    assert_error(requests.get(f"{base}{path}"), 404, "not_found")
+    mocks["course"].get_course.assert_not_called()
+
+
+def test_wrong_method_is_json_405(api):
+    base, _ = api
+    response = requests.delete(f"{base}/api/courses")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"] and "GET" in response.headers["Allow"]
+
+
+# -- failed logins --------------------------------------------------------------------------
+
+def test_failed_logins_are_throttled_per_account(api):
+    base, mocks = api
+    mocks["auth"].authenticate.side_effect = Unauthorized("invalid email or password")
+    for _ in range(3):
+        assert_error(requests.post(f"{base}/api/auth/login", json={
+            "email": "ada@example.com", "password": "wrong"}), 401, "unauthorized")
+    # the fourth try, even with the right password (and another spelling of the email): 429
+    mocks["auth"].authenticate.side_effect = None
+    mocks["auth"].authenticate.return_value = USER
+    response = requests.post(f"{base}/api/auth/login", json={
+        "email": "ADA@example.com", "password": "right"})
+    assert_error(response, 429, "too_many_requests")
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert mocks["auth"].authenticate.call_count == 3
+    # another account is not affected
+    response = requests.post(f"{base}/api/auth/login", json={
+        "email": "grace@example.com", "password": "right"})
+    assert response.status_code == 200
+
+
+def test_failures_leave_the_window(gateway):
+    base, mocks = gateway(LOGIN_FAILURE_WINDOW_SECONDS=1)
+    mocks["auth"].authenticate.side_effect = Unauthorized("invalid email or password")
+    for _ in range(3):
+        requests.post(f"{base}/api/auth/login", json={"email": "a@example.com", "password": "x"})
+    assert requests.post(f"{base}/api/auth/login", json={
+        "email": "a@example.com", "password": "x"}).status_code == 429
+    time.sleep(1.2)
+    assert requests.post(f"{base}/api/auth/login", json={
+        "email": "a@example.com", "password": "x"}).status_code == 401
+
+
+# -- OpenAPI --------------------------------------------------------------------------------
+
+def test_openapi_document_covers_every_route_and_the_error_schema(api):
+    base, _ = api
+    document = requests.get(f"{base}/api/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == {
+        "/api/auth/register", "/api/auth/login", "/api/users/me",
+        "/api/users/me/notifications", "/api/courses", "/api/courses/{course_id}",
+        "/api/courses/{course_id}/enroll", "/api/courses/{course_id}/reviews", "/health",
+        "/api/openapi.json"}
+    error = document["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"error", "message", "fields"}
+    register = document["paths"]["/api/auth/register"]["post"]["responses"]
+    assert {"201", "400", "409", "413"} <= set(register)
+    assert register["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"}
+    login = document["paths"]["/api/auth/login"]["post"]["responses"]
+    assert "Retry-After" in login["429"]["headers"]
+    assert document["components"]["schemas"]["RegisterRequest"]["additionalProperties"] is False
+    json.dumps(document)
