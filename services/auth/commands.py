@@ -17,11 +17,12 @@ BAD_CREDENTIALS = "invalid email or password"
 def register(session, passwords, dispatch, email, password, name, role="student"):
     args = RegisterArgs().load_or_raise(
         {"email": email, "password": password, "name": name, "role": role})
+    password_hash = passwords.hash(args["password"])  # before holding a database connection
     # The check gives the usual case a clean answer; the unique index settles a race.
     if session.execute(select(User.id).where(User.email == args["email"])).first():
         raise Conflict(EMAIL_TAKEN, {"email": [EMAIL_TAKEN]})
-    user = User(email=args["email"], password_hash=passwords.hash(args["password"]),
-                name=args["name"], role=args["role"])
+    user = User(email=args["email"], password_hash=password_hash, name=args["name"],
+                role=args["role"])
     session.add(user)
     try:
         session.flush()

@@ -8,6 +8,7 @@ import os
 import unicodedata
 
 import argon2
+from eventlet import tpool
 
 MIN_LENGTH = 8
 MAX_LENGTH = 256
@@ -57,19 +58,24 @@ def make_hasher(config):
 
 class Passwords:
     """Hashes and verifies passwords; verifies against a dummy hash when there is no user, so an
-    unknown email costs about as long as a wrong password."""
+    unknown email costs about as long as a wrong password.
+
+    argon2 is deliberately slow (tens of milliseconds, 64 MiB by default): it runs in eventlet's
+    native thread pool, so the service's other greenthreads go on meanwhile.
+    """
 
     def __init__(self, hasher):
         self.hasher = hasher
         self.dummy_hash = hasher.hash("not a real password: timing equalizer")
 
     def hash(self, password):
-        return self.hasher.hash(normalize_password(password))
+        return tpool.execute(self.hasher.hash, normalize_password(password))
 
     def verify(self, password_hash, password):
         """True if ``password`` matches; ``password_hash`` None verifies the dummy (False)."""
         try:
-            self.hasher.verify(password_hash or self.dummy_hash, normalize_password(password))
+            tpool.execute(self.hasher.verify, password_hash or self.dummy_hash,
+                          normalize_password(password))
         except argon2.exceptions.VerificationError:  # mismatch or a corrupt hash
             return False
         except argon2.exceptions.InvalidHashError:
