@@ -30,7 +30,7 @@ def _json_body(request):
     raw = read_body(request)  # RequestEntityTooLarge over MAX_BODY_BYTES
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")

@@ -232,11 +232,19 @@ def test_bad_json_is_400(api):
     (b'{"email": "a@b.c"}', "text/plain"),
     (b'["a", "b"]', "application/json"),
     (b"\xff\xfe", "application/json"),
+    (b"", "application/json"),
 ])
 def test_wrong_content_type_or_shape_is_400(api, data, content_type):
     base, _ = api
     response = requests.post(f"{base}/api/auth/login", data=data,
                              headers={"Content-Type": content_type})
+    assert_error(response, 400, "bad_request")
+
+
+def test_json_nested_too_deep_is_400_not_500(gateway):
+    base, _ = gateway(MAX_BODY_BYTES=200_000)
+    response = requests.post(f"{base}/api/auth/login", data=b"[" * 50_000 + b"]" * 50_000,
+                             headers={"Content-Type": "application/json"})
     assert_error(response, 400, "bad_request")
 
 
