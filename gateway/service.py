@@ -69,13 +69,8 @@ class GatewayService:
     @http("POST", "/api/auth/login")
     def login(self, request):
         args = _load_body(request, schemas.LoginRequest)
-        self.failed_logins.check(args["email"])
-        try:
+        with self.failed_logins.attempt(args["email"]):
             user = self.auth.authenticate(args["email"], args["password"])
-        except Unauthorized:
-            self.failed_logins.failed(args["email"])
-            raise
-        self.failed_logins.succeeded(args["email"])
         return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)))
 
     @http("GET", "/api/users/me")

@@ -3,6 +3,7 @@ driven with ``requests``. No broker, no database."""
 import json
 import time
 
+import eventlet
 import jwt
 import pytest
 import requests
@@ -369,3 +370,30 @@ def test_openapi_document_covers_every_route_and_the_error_schema(api):
     assert "Retry-After" in login["429"]["headers"]
     assert document["components"]["schemas"]["RegisterRequest"]["additionalProperties"] is False
     json.dumps(document)
+
+
+def test_parallel_guesses_do_not_get_past_the_limit(api):
+    base, mocks = api
+
+    def slow_refusal(email, password):
+        eventlet.sleep(0.3)
+        raise Unauthorized("invalid email or password")
+
+    mocks["auth"].authenticate.side_effect = slow_refusal
+    pool = eventlet.GreenPool()
+    statuses = list(pool.imap(lambda _: requests.post(f"{base}/api/auth/login", json={
+        "email": "ada@example.com", "password": "guess"}).status_code, range(8)))
+    assert sorted(statuses) == [401] * 3 + [429] * 5
+    assert mocks["auth"].authenticate.call_count == 3
+
+
+def test_a_service_error_during_login_is_not_a_failed_login(api):
+    base, mocks = api
+    mocks["auth"].authenticate.side_effect = ServiceUnavailable("auth did not answer")
+    for _ in range(5):
+        assert_error(requests.post(f"{base}/api/auth/login", json={
+            "email": "ada@example.com", "password": "right"}), 503, "service_unavailable")
+    mocks["auth"].authenticate.side_effect = None
+    mocks["auth"].authenticate.return_value = USER
+    assert requests.post(f"{base}/api/auth/login", json={
+        "email": "ada@example.com", "password": "right"}).status_code == 200
