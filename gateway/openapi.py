@@ -39,6 +39,9 @@ PAGE_PARAMETERS = [
                 "default": schemas.DEFAULT_PER_PAGE}},
 ]
 BEARER = [{"bearerAuth": []}]
+PLAIN_ERRORS = {str(status): {"description": ERROR_DESCRIPTIONS[status], "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for status in (405, 413)}
 
 
 def _json(schema):
@@ -47,7 +50,7 @@ def _json(schema):
 
 def _operation(summary, ok_status, ok_schema, errors, body=None, parameters=(), secured=False,
                ok_description="OK"):
-    errors = sorted(set(errors) | {405, 500, 503})
+    errors = sorted(set(errors) | {405, 413, 500, 503})  # 413: any request with a large body
     responses = {str(ok_status): {"description": ok_description, **_json(ok_schema)}}
     for status in errors:
         response = {"description": ERROR_DESCRIPTIONS[status], **_json("Error")}
@@ -121,9 +124,9 @@ def openapi_document():
         "responses": {"200": {"description": "All answer", **_json("Health")},
                       "503": {"description": "Something does not answer (named in "
                                              "`unavailable`)", **_json("Health")},
-                      "405": {"description": ERROR_DESCRIPTIONS[405], **_json("Error")}}}})
+                      **PLAIN_ERRORS}}})
     spec.path("/api/openapi.json", operations={"get": {
         "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", **_json({"type": "object"})},
-                      "405": {"description": ERROR_DESCRIPTIONS[405], **_json("Error")}}}})
+                      **PLAIN_ERRORS}}})
     return spec.to_dict()
