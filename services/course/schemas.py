@@ -6,8 +6,6 @@ from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 from services.kit.schemas import StrictSchema
 
 
-
-
 def id_field():
     """An id: a JSON integer (strict), positive."""
     return fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
