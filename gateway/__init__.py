@@ -1,0 +1,1 @@
+"""The HTTP gateway of KnowledgeNest: gateway.service.GatewayService (nameko name "gateway")."""

@@ -204,6 +204,15 @@ def test_health_names_every_dependency(api):
         "notification": "ok", "notification.database": "ok"}
 
 
+def test_openapi_document_is_served(api):
+    response = api.get("/api/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    assert "/api/courses/{course_id}/reviews" in document["paths"]
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
 class SlowCourse:
     """Stands in for the course service and never answers in time."""
     name = "course"
