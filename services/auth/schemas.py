@@ -1,9 +1,8 @@
 """RPC inputs (validated, raising services.kit.errors.ValidationError) and outputs of auth."""
-from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates
 
-from services.kit.schemas import StrictSchema
+from services.kit.schemas import StrictSchema, UtcDateTime
 from services.auth.passwords import password_problems
 
 ROLES = ("student", "instructor")
@@ -12,15 +11,6 @@ ROLES = ("student", "instructor")
 def normalize_email(email):
     """What we store and compare: stripped and lowercased (unique case-insensitively)."""
     return email.strip().lower() if isinstance(email, str) else email
-
-
-class UtcDateTime(fields.DateTime):
-    """ISO 8601 with an offset; SQLite hands back naive datetimes, which are UTC."""
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class RegisterArgs(StrictSchema):

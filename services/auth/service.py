@@ -1,13 +1,12 @@
 """auth: users and password hashes. The RPC contract is docs/rpc.md; the rules are in commands.py."""
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from services.auth import commands
 from services.auth.models import Base
 from services.auth.passwords import Passwords, make_hasher
 from services.kit import Database, EventDispatcher
+from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
 
 
@@ -19,14 +18,6 @@ class PasswordHashing(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self.passwords
-
-
-def check_database(session, service_name):
-    try:
-        session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        raise ServiceUnavailable(f"{service_name}: database unavailable ({type(exc).__name__})")
-    return {"service": service_name, "database": "ok"}
 
 
 class AuthService:

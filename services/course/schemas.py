@@ -1,23 +1,13 @@
 """RPC inputs (validated, raising services.kit.errors.ValidationError) and outputs of course."""
-from datetime import timezone
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 
-from services.kit.schemas import StrictSchema
+from services.kit.schemas import StrictSchema, UtcDateTime
 
 
 def id_field():
     """An id: a JSON integer (strict), positive."""
     return fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
-
-
-class UtcDateTime(fields.DateTime):
-    """ISO 8601 with an offset; SQLite hands back naive datetimes, which are UTC."""
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class CreateCourseArgs(StrictSchema):

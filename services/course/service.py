@@ -1,22 +1,13 @@
 """course: courses, enrollments, rating aggregates. The RPC contract is docs/rpc.md; the rules
 are in commands.py."""
 from nameko.rpc import rpc
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from services.course import commands
 from services.course.models import Base
 from services.kit import Database, EventDispatcher, event_handler
+from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
 from services.kit.rpc import TimedRpcProxy
-
-
-def check_database(session, service_name):
-    try:
-        session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        raise ServiceUnavailable(f"{service_name}: database unavailable ({type(exc).__name__})")
-    return {"service": service_name, "database": "ok"}
 
 
 class CourseService:

@@ -17,10 +17,14 @@ import os
 from datetime import datetime, timezone
 
 import nameko_sqlalchemy
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    BigInteger, DateTime, Integer, String, Text, create_engine, event, select, text,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
+
+from services.kit.errors import ServiceUnavailable
 
 # SQLite wants INTEGER PRIMARY KEY for an auto-incrementing id; PostgreSQL gets a BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -51,6 +55,15 @@ class InboxRecordMixin:
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_type: Mapped[str] = mapped_column(String(255))
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def check_database(session, service_name):
+    """What every service's ``health()`` answers: its database runs a query, or it is unavailable."""
+    try:
+        session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable(f"{service_name}: database unavailable ({type(exc).__name__})")
+    return {"service": service_name, "database": "ok"}
 
 
 def normalize_url(uri):

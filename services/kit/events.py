@@ -386,7 +386,8 @@ class EventHandler(nameko_events.EventHandler):
     def _retry_or_park(self, message, exc):
         attempts = int((message.headers or {}).get(HEADER_ATTEMPTS, 0)) + 1
         reason = f"{type(exc).__name__}: {exc}"[:1000]
-        if attempts > len(self.retry_delays):
+        # InvalidEvent from a handler: the event can never be handled; retrying cannot help.
+        if attempts > len(self.retry_delays) or isinstance(exc, InvalidEvent):
             log.error("handler %s failed %d time(s); parked in its DLQ: %s",
                       self.queue_name, attempts, reason)
             self._park(message, reason=reason, exception=type(exc).__name__, attempts=attempts)

@@ -3,6 +3,8 @@
     PageArgs().load_or_raise({"page": page, "per_page": per_page})
     page_of(session, select(Course).order_by(Course.id.desc()), page, per_page, CourseSchema())
 """
+from datetime import timezone
+
 import marshmallow
 from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
@@ -11,6 +13,15 @@ from services.kit.errors import ValidationError
 
 MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 20
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 with an offset: SQLite hands back naive datetimes, and we store UTC."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class StrictSchema(Schema):

@@ -14,6 +14,7 @@ import logging
 import marshmallow
 from sqlalchemy import select
 
+from services.kit.envelope import InvalidEvent
 from services.kit.errors import NotFound
 from services.notification.models import (
     COURSE_LIVE, ENROLLMENT_CONFIRMED, NEW_REVIEW, PENDING, WELCOME, Contact, Course,
@@ -32,8 +33,8 @@ class RecipientUnknown(Exception):
     """The user or course a notice needs is not known yet: the kit retries the event."""
 
 
-class InvalidEventData(ValueError):
-    """The event's data lacks what the notice needs (retried, then parked with this reason)."""
+class InvalidEventData(InvalidEvent):
+    """The event's data lacks what the notice needs: parked at once with this reason."""
 
 
 def load(schema, event):

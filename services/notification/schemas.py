@@ -1,20 +1,10 @@
 """What the notification service reads (event data, RPC arguments) and returns (notifications)."""
-from datetime import timezone
 
 import marshmallow
 from marshmallow import Schema, fields, validate
 
-from services.kit.schemas import PageArgs
+from services.kit.schemas import PageArgs, UtcDateTime
 from services.notification.models import KINDS, STATUSES
-
-
-class UtcDateTime(fields.DateTime):
-    """ISO 8601 with an offset: SQLite hands back naive datetimes, stored as UTC."""
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class NotificationSchema(Schema):

@@ -9,10 +9,10 @@ Each handler only stores the notification as ``pending`` (committed by the kit w
 inbox record); ``MailSender`` delivers it after the commit and retries failed sends later.
 """
 from nameko.rpc import rpc
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from services.kit import Database, event_handler
-from services.kit.errors import ServiceUnavailable
+from services.kit.db import check_database
 from services.kit.rpc import TimedRpcProxy
 from services.kit.schemas import page_of
 from services.notification import notices
@@ -59,9 +59,4 @@ class NotificationService:
 
     @rpc
     def health(self):
-        try:
-            self.db.session.execute(text("SELECT 1"))
-        except Exception as exc:
-            raise ServiceUnavailable(f"notification database does not answer: "
-                                     f"{type(exc).__name__}") from None
-        return {"service": "notification", "database": "ok"}
+        return check_database(self.db.session, self.name)

@@ -1,9 +1,8 @@
 """RPC inputs (validated, raising services.kit.errors.ValidationError) and outputs of review."""
-from datetime import timezone
 
 from marshmallow import Schema, fields, validate
 
-from services.kit.schemas import StrictSchema
+from services.kit.schemas import StrictSchema, UtcDateTime
 
 MAX_COMMENT_LENGTH = 2000
 
@@ -11,15 +10,6 @@ MAX_COMMENT_LENGTH = 2000
 def id_field():
     """An id: a JSON integer (strict), positive."""
     return fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
-
-
-class UtcDateTime(fields.DateTime):
-    """ISO 8601 with an offset; SQLite hands back naive datetimes, which are UTC."""
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class CreateReviewArgs(StrictSchema):

@@ -1,21 +1,12 @@
 """review: course reviews. The RPC contract is docs/rpc.md; the rules are in commands.py."""
 from nameko.rpc import rpc
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from services.kit import Database, EventDispatcher
+from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
 from services.kit.rpc import TimedRpcProxy
 from services.review import commands
 from services.review.models import Base
-
-
-def check_database(session, service_name):
-    try:
-        session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        raise ServiceUnavailable(f"{service_name}: database unavailable ({type(exc).__name__})")
-    return {"service": service_name, "database": "ok"}
 
 
 class ReviewService:

@@ -333,10 +333,11 @@ def test_seed_format_event_published_with_pika_is_mailed(notification, smtp_serv
 def test_poison_message_is_dead_lettered_and_the_next_event_still_goes_out(notification,
                                                                            smtp_server, plain):
     smtp_server.start()
-    container = notification(EVENT_RETRY_DELAYS=[0.2, 0.4])
+    # long retry delays: an unusable event must be parked at once, not after retries
+    container = notification(EVENT_RETRY_DELAYS=[60, 60])
 
     plain.publish("user.registered", b"{not json")
-    # an event, but without what a welcome needs: retried (EVENT_RETRY_DELAYS), then parked
+    # an event, but without what a welcome needs: parked at once (InvalidEvent), not retried
     no_email = publish(plain, "user.registered", {"user_id": 7, "name": "No Email"})
     publish(plain, "user.registered", {"user_id": 8, "email": "after@example.com",
                                        "name": "After"})
@@ -349,6 +350,7 @@ def test_poison_message_is_dead_lettered_and_the_next_event_still_goes_out(notif
     _, properties, body = plain.get("notification.send_welcome.dlq", timeout=30)
     assert json.loads(body)["event_id"] == no_email
     assert properties.headers["x-exception-type"] == "InvalidEventData"
+    assert properties.headers["x-attempts"] == 1
     assert "email" in properties.headers["x-dead-letter-reason"]
     assert [row.user_id for row in notifications(container.config)] == [8]
     assert len(smtp_server.messages()) == 1

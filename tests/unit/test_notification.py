@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from nameko.exceptions import UnknownService
 from nameko.testing.services import worker_factory
 from sqlalchemy import create_engine, select, update
@@ -208,7 +209,8 @@ def test_list_notifications_refuses_bad_arguments(service, args, field):
 
 def test_health(service, session):
     assert service.health() == {"service": "notification", "database": "ok"}
-    service.db = SimpleNamespace(session=mock.Mock(execute=mock.Mock(side_effect=OSError("x"))))
+    refused = OperationalError("SELECT 1", {}, OSError("connection refused"))
+    service.db = SimpleNamespace(session=mock.Mock(execute=mock.Mock(side_effect=refused)))
     with pytest.raises(ServiceUnavailable):
         service.health()
 
