@@ -8,6 +8,7 @@ import argparse
 import glob
 import os
 import sys
+from urllib.parse import urlparse
 
 from kombu import Connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
@@ -25,6 +26,15 @@ KnowledgeNest needs one. Any of these gives you one on this machine:
   - with Docker:                   docker compose up -d rabbitmq
   - on Debian/Ubuntu:              sudo apt-get install rabbitmq-server
 Elsewhere, point RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_USER and RABBITMQ_PASS at yours.
+"""
+
+
+BANNER = """\
+Starting {modules}
+  API:            http://{api}  (health: http://{api}/health)
+  RabbitMQ UI:    http://{management}:15672  (if its management plugin is enabled)
+  databases:      {databases}
+  logs:           below, one line each, "[logger] message"; Ctrl-C stops everything
 """
 
 
@@ -62,7 +72,12 @@ def main(argv=None):
         print("no services to run yet", file=sys.stderr)
         return 1
     nameko = os.path.join(os.path.dirname(sys.executable), "nameko")
-    print(f"starting: {', '.join(modules)}", flush=True)
+    print(BANNER.format(
+        modules=", ".join(modules),
+        api=config.get("WEB_SERVER_ADDRESS", "127.0.0.1:8000"),
+        management=urlparse(config[AMQP_URI_CONFIG_KEY]).hostname or "localhost",
+        databases=", ".join(sorted(set(
+            sanitize_url(uri) for uri in config.get("DB_URIS", {}).values())))), flush=True)
     os.execv(nameko, [nameko, "run", "--config", args.config, *modules])
 
 
