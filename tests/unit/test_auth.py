@@ -8,14 +8,13 @@ from types import SimpleNamespace
 import argon2
 import pytest
 from nameko.testing.services import worker_factory
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import select
 
 from services.auth.models import Base, User
 from services.auth.passwords import Passwords, common_passwords, password_problems
 from services.auth.service import AuthService
 from services.kit.errors import Conflict, NotFound, Unauthorized, ValidationError
+from tests.support.db import in_memory_session
 
 CHEAP_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 GOOD_PASSWORD = "correct horse battery staple"
@@ -23,12 +22,8 @@ GOOD_PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 def session():
-    engine = create_engine("sqlite://", poolclass=StaticPool,
-                           connect_args={"check_same_thread": False})
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
+    with in_memory_session(Base.metadata) as session:
         yield session
-    engine.dispose()
 
 
 @pytest.fixture

@@ -6,15 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 from nameko.testing.services import worker_factory
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
-from sqlalchemy.pool import StaticPool
 
 from services.course.commands import UnknownCourse
 from services.course.models import Base
 from services.course.service import CourseService
 from services.kit.envelope import new_event
 from services.kit.errors import Conflict, Forbidden, NotFound, ValidationError
+from tests.support.db import in_memory_session
 
 INSTRUCTOR = {"id": 7, "email": "grace@example.com", "name": "Grace", "role": "instructor",
               "created_at": "2026-11-26T10:00:00+00:00"}
@@ -23,12 +21,8 @@ STUDENT = dict(INSTRUCTOR, id=8, role="student")
 
 @pytest.fixture
 def session():
-    engine = create_engine("sqlite://", poolclass=StaticPool,
-                           connect_args={"check_same_thread": False})
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
+    with in_memory_session(Base.metadata) as session:
         yield session
-    engine.dispose()
 
 
 @pytest.fixture

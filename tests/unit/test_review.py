@@ -6,13 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 from nameko.testing.services import worker_factory
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
-from sqlalchemy.pool import StaticPool
 
 from services.kit.errors import Conflict, Forbidden, NotFound, ValidationError
 from services.review.models import Base
 from services.review.service import ReviewService
+from tests.support.db import in_memory_session
 
 COURSE_ID = 3
 ENROLLED = {(8, COURSE_ID), (9, COURSE_ID)}
@@ -20,12 +18,8 @@ ENROLLED = {(8, COURSE_ID), (9, COURSE_ID)}
 
 @pytest.fixture
 def session():
-    engine = create_engine("sqlite://", poolclass=StaticPool,
-                           connect_args={"check_same_thread": False})
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
+    with in_memory_session(Base.metadata) as session:
         yield session
-    engine.dispose()
 
 
 def get_course(course_id):
