@@ -20,6 +20,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The whole suite in one process: checks (or starts) the broker, migrates, runs every service and
+# the gateway; Ctrl-C stops it all. To use another checkout's venv without reinstalling this one
+# into it: make -o /abs/venv/.installed run VENV=/abs/venv
 run: install
 	$(BIN)/python -m services.kit.runner --config $(CONFIG)
 
