@@ -19,10 +19,10 @@ it a second time, after the lease (at-least-once, as mail goes).
 import logging
 from datetime import timedelta
 
-from eventlet.queue import Empty, Full, LightQueue
 from nameko.extensions import DependencyProvider
 from sqlalchemy import or_, select, update
 
+from services.kit.background import BackgroundLoop
 from services.kit.db import utcnow
 from services.kit.events import EventHandler, find_database
 from services.notification.mail import MailError, backend_from_config
@@ -47,38 +47,18 @@ def due(now):
                                                    Notification.next_attempt_at <= now)
 
 
-class MailSender(DependencyProvider):
-
-    def __init__(self):
-        super().__init__()
-        self._wakeup = LightQueue(maxsize=1)
-        self._running = False
-        self._thread = None
+class MailSender(BackgroundLoop, DependencyProvider):
 
     def setup(self):
         config = self.container.config
         self.database = find_database(self.container, "MailSender")
         self.backend = backend_from_config(config)
         self.retry_interval = float(config.get("MAIL_RETRY_INTERVAL") or DEFAULT_RETRY_INTERVAL)
+        self.poll_interval = self.retry_interval  # the sweep for mail that is due again
         self.max_attempts = int(config.get("MAIL_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
         self.max_retry_delay = float(config.get("MAIL_MAX_RETRY_DELAY")
                                      or DEFAULT_MAX_RETRY_DELAY)
         self.lease = max(DEFAULT_LEASE, 3 * getattr(self.backend, "timeout", 0))
-
-    def start(self):
-        self._running = True
-        self._thread = self.container.spawn_managed_thread(self._run, identifier="mail_sender")
-
-    def stop(self):
-        self._running = False
-        self.wake()
-        if self._thread is not None:
-            self._thread.wait()
-
-    def kill(self):
-        self._running = False
-        if self._thread is not None:
-            self._thread.kill()
 
     def get_dependency(self, worker_ctx):
         return self
@@ -88,28 +68,8 @@ class MailSender(DependencyProvider):
         if isinstance(worker_ctx.entrypoint, EventHandler):
             self.wake()
 
-    def wake(self):
-        try:
-            self._wakeup.put_nowait(True)
-        except Full:  # already due to run
-            pass
-
-    def _run(self):
-        failures = 0
-        while self._running:
-            try:
-                self._wakeup.get(timeout=self.retry_interval)
-            except Empty:
-                pass
-            if not self._running:
-                break
-            try:
-                self.deliver_due()
-                failures = 0
-            except Exception as exc:  # database away: the mails wait for the next sweep
-                failures += 1
-                log.warning("mail sender could not read pending notifications (%s: %s)",
-                            type(exc).__name__, exc, exc_info=failures == 1)
+    def run_once(self):
+        self.deliver_due()
 
     def deliver_due(self):
         """Send every notification that is due now; return how many were sent."""
