@@ -88,6 +88,33 @@ def cmd_dlq(args, config):
             print(f"purged {dead_letters.purge(queues)} message(s)")
 
 
+def cmd_migrate_queues(args, config):
+    from nameko.constants import AMQP_URI_CONFIG_KEY
+
+    from services.kit import topology
+    from services.kit.amqp import make_connection
+    from services.kit.constants import EXTRA_SUBSCRIPTIONS_CONFIG_KEY
+
+    subscriptions = dict(topology.SUBSCRIPTIONS)
+    subscriptions.update(config.get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {})
+    if args.queues:
+        unknown = set(args.queues) - set(subscriptions)
+        if unknown:
+            raise SystemExit(f"error: no such subscription: {', '.join(sorted(unknown))}")
+        subscriptions = {name: keys for name, keys in subscriptions.items()
+                         if name in args.queues}
+    with make_connection(config[AMQP_URI_CONFIG_KEY], heartbeat=0) as connection:
+        connection.ensure_connection(max_retries=3)
+        for queue_name, moved in topology.migrate_queues(connection.connection, config,
+                                                         subscriptions):
+            if moved is None:
+                print(f"{queue_name}: arguments already match")
+            else:
+                print(f"{queue_name}: recreated with the configured arguments, "
+                      f"{moved} message(s) carried over")
+        topology.declare_topology(connection, config, subscriptions)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="knowledge-nest", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
@@ -117,6 +144,13 @@ def build_parser():
     dlq.add_argument("--limit", type=int, default=20, help="messages per queue for show")
     dlq.add_argument("--yes", action="store_true", help="purge without asking")
     dlq.set_defaults(run=cmd_dlq)
+
+    migrate_queues = commands.add_parser(
+        "migrate-queues", help="recreate queues whose arguments differ from the configuration "
+        "(QUEUE_TYPE, EVENT_PRIORITY), keeping their messages; stop their consumers first")
+    migrate_queues.add_argument("--queue", dest="queues", action="append",
+                                help="only this subscription, e.g. course.update_rating")
+    migrate_queues.set_defaults(run=cmd_migrate_queues)
 
     publish = commands.add_parser("publish", help="publish one event, confirmed")
     publish.add_argument("event_type", help="e.g. user.registered")

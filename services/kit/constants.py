@@ -37,3 +37,11 @@ DEFAULT_OUTBOX_BATCH_SIZE = 500
 CONFIRM_TIMEOUT_CONFIG_KEY = "PUBLISH_CONFIRM_TIMEOUT"  # seconds to wait for the broker's confirms
 DEFAULT_CONFIRM_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT = 15  # nameko's 60 s takes minutes to notice a dead broker
+# Per event type: seconds an event may wait in a queue before it expires to the DLQ (null: never),
+# and its priority 0-9 (consumer queues are declared with x-max-priority, classic queues only).
+EVENT_TTL_CONFIG_KEY = "EVENT_TTL"
+EVENT_PRIORITY_CONFIG_KEY = "EVENT_PRIORITY"
+MAX_PRIORITY = 9
+QUEUE_TYPE_CONFIG_KEY = "QUEUE_TYPE"  # classic or quorum: the subscriptions' consumer queues
+QUEUE_TYPES = ("classic", "quorum")
+DEFAULT_QUEUE_TYPE = "classic"

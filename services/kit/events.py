@@ -135,6 +135,7 @@ class OutboxRelay(SharedExtension):
         self.poll_interval = float(config.get(OUTBOX_POLL_INTERVAL_CONFIG_KEY,
                                               DEFAULT_OUTBOX_POLL_INTERVAL))
         self.batch_size = int(config.get(OUTBOX_BATCH_SIZE_CONFIG_KEY, DEFAULT_OUTBOX_BATCH_SIZE))
+        self.message_options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL
         self.publisher = new_publisher(config)
 
     def start(self):
@@ -194,7 +195,8 @@ class OutboxRelay(SharedExtension):
             unroutable = self.publisher.publish_batch([
                 (EVENTS_EXCHANGE, row.event_type,
                  event_message(row.body.encode("utf-8"), row.event_id, row.event_type,
-                               self.container.service_name, headers=json.loads(row.headers)))
+                               self.container.service_name, headers=json.loads(row.headers),
+                               **self.message_options(row.event_type)))
                 for row in rows])
             for _, _, _, routing_key in unroutable:
                 # Not retried: the broker took it, and retrying would hold up every later event.
@@ -320,7 +322,7 @@ class EventHandler(nameko_events.EventHandler):
     def setup(self):
         config = self.container.config
         self.queue_name = f"{self.container.service_name}.{self.method_name}"
-        self.queue = topology.consumer_queue(self.queue_name, self.binding_keys)
+        self.queue = topology.consumer_queue(self.queue_name, self.binding_keys, config)
         self.retry_delays = topology.retry_delays(config)
         self.database = find_database(self.container, "@event_handler")
         self.topology.declare({self.queue_name: self.binding_keys})

@@ -15,12 +15,29 @@ declares its own queue when it starts), but events published before its first st
     a failed message  --> [<queue>.retry.<ms>ms] --(TTL expires)--> back to [<queue>]
     after the last try --> knowledge_nest_events.dlx (direct) --<queue>--> [<queue>.dlq]
 """
+import amqp
 from kombu import Exchange, Queue, binding
 
 from services.kit.constants import (
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_RETRY_DELAYS, EVENTS_EXCHANGE,
-    RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGES,
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_QUEUE_TYPE, DEFAULT_RETRY_DELAYS,
+    EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE, MAX_PRIORITY,
+    QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES, RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX,
+    SHELL_EVENT_EXCHANGES,
 )
+
+MIGRATE_COMMAND = "knowledge-nest migrate-queues"
+
+
+class QueueArgumentsMismatch(RuntimeError):
+    """A queue exists on the broker with other arguments than the configuration asks for."""
+
+    def __init__(self, queue_name, detail):
+        super().__init__(
+            f"queue {queue_name!r} already exists on the broker with other arguments than this "
+            f"configuration declares (QUEUE_TYPE, EVENT_PRIORITY; the broker said: {detail}). "
+            f"Stop its consumers and run `{MIGRATE_COMMAND}` to recreate it with its messages, "
+            f"or set QUEUE_TYPE/EVENT_PRIORITY back to what the queue was declared with.")
+        self.queue_name = queue_name
 
 SUBSCRIPTIONS = {
     "course.update_rating": ("review.created",),
@@ -56,18 +73,77 @@ def retry_queue_name(queue_name, delay):
     return f"{queue_name}{RETRY_SUFFIX}.{int(delay * 1000)}ms"
 
 
-def consumer_queue(queue_name, binding_keys):
+def queue_type(config):
+    kind = str((config or {}).get(QUEUE_TYPE_CONFIG_KEY) or DEFAULT_QUEUE_TYPE).strip().lower()
+    if kind not in QUEUE_TYPES:
+        raise ValueError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {kind!r}")
+    return kind
+
+
+def event_priorities(config):
+    """{event_type: priority 0-9} from EVENT_PRIORITY; unlisted types get none (0)."""
+    priorities = {}
+    for event_type, value in ((config or {}).get(EVENT_PRIORITY_CONFIG_KEY) or {}).items():
+        if value is None:
+            continue
+        value = int(value)
+        if not 0 <= value <= MAX_PRIORITY:
+            raise ValueError(f"EVENT_PRIORITY of {event_type!r} must be 0-{MAX_PRIORITY}")
+        priorities[event_type] = value
+    return priorities
+
+
+def event_ttls(config):
+    """{event_type: milliseconds} from EVENT_TTL (seconds; null or absent: never expires)."""
+    ttls = {}
+    for event_type, seconds in ((config or {}).get(EVENT_TTL_CONFIG_KEY) or {}).items():
+        if seconds is None:
+            continue
+        if float(seconds) < 0:
+            raise ValueError(f"EVENT_TTL of {event_type!r} must be >= 0 seconds or null")
+        ttls[event_type] = int(float(seconds) * 1000)
+    return ttls
+
+
+def message_options(config):
+    """``options(event_type)`` -> {"priority": p, "expiration": ms}, for event_message()."""
+    priorities, ttls = event_priorities(config), event_ttls(config)
+
+    def options(event_type):
+        found = {}
+        if event_type in priorities:
+            found["priority"] = priorities[event_type]
+        if event_type in ttls:
+            found["expiration"] = str(ttls[event_type])
+        return found
+
+    return options
+
+
+def consumer_queue_arguments(queue_name, config=None):
+    arguments = {
+        # what the broker itself rejects or expires goes to the DLQ too, never nowhere
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": queue_name,
+    }
+    if queue_type(config) == "quorum":
+        # Quorum queues (RabbitMQ 3.10) have no x-max-priority. Their dead-lettering is
+        # at-most-once unless at-least-once, which needs reject-publish overflow.
+        arguments.update({"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once",
+                          "x-overflow": "reject-publish"})
+    elif event_priorities(config):
+        arguments["x-max-priority"] = MAX_PRIORITY
+    return arguments
+
+
+def consumer_queue(queue_name, binding_keys, config=None):
     """The durable queue of one subscription, dead-lettering to its DLQ."""
     exchange = events_exchange()
     return Queue(
         queue_name,
         bindings=[binding(exchange, routing_key=key) for key in binding_keys],
         durable=True,
-        queue_arguments={
-            # what the broker itself rejects or expires goes to the DLQ too, never nowhere
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-            "x-dead-letter-routing-key": queue_name,
-        },
+        queue_arguments=consumer_queue_arguments(queue_name, config),
     )
 
 
@@ -94,7 +170,7 @@ def subscription_entities(queue_name, binding_keys, config):
     yield dead_letter_queue(queue_name)
     for delay in retry_delays(config):
         yield retry_queue(queue_name, delay)
-    yield consumer_queue(queue_name, binding_keys)
+    yield consumer_queue(queue_name, binding_keys, config)
 
 
 def declare_topology(connection, config, subscriptions=None):
@@ -112,6 +188,99 @@ def declare_topology(connection, config, subscriptions=None):
             channel.exchange_bind(destination=events.name, source=name, routing_key="#")
         for queue_name, binding_keys in subscriptions.items():
             for entity in subscription_entities(queue_name, binding_keys, config):
-                entity(channel).declare()
+                try:
+                    entity(channel).declare()
+                except amqp.exceptions.PreconditionFailed as exc:
+                    # the broker closed the channel: 406, inequivalent arguments
+                    raise QueueArgumentsMismatch(entity.name, exc.reply_text) from None
     finally:
-        channel.close()
+        if channel.is_open:
+            channel.close()
+
+
+def _queue_matches(connection, queue):
+    """True if ``queue`` can be declared as configured (created if missing); False on a 406."""
+    channel = connection.channel()
+    try:
+        queue(channel).declare()
+        return True
+    except amqp.exceptions.PreconditionFailed:
+        return False
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def _move_messages(channel, source, destination):
+    """basic.get each message of ``source``, publish it confirmed to ``destination``, then ack."""
+    moved = 0
+    while True:
+        message = channel.basic_get(source, no_ack=False)
+        if message is None:
+            return moved
+        properties = dict(message.properties)
+        body = message.body
+        if isinstance(body, str):  # py-amqp decodes bodies that name a content_encoding
+            body = body.encode(properties.get("content_encoding") or "utf-8")
+        channel.basic_publish_confirm(amqp.Message(body, **properties), exchange="",
+                                      routing_key=destination, mandatory=True)
+        channel.basic_ack(message.delivery_tag)
+        moved += 1
+
+
+def migrate_queue(connection, queue_name, binding_keys, config):
+    """Recreate one subscription's queue with the configured arguments, keeping its messages.
+
+    Returns None when it already matches, else the number of messages carried over. Its
+    consumers must be stopped. Shovel-free: the messages are parked in ``<queue>.migrating``
+    (bound to the same keys while the queue is away, so no event published meanwhile is lost),
+    each one confirmed there before it is acked, and moved back the same way. Run again after
+    an interruption: a leftover ``.migrating`` queue is emptied into the new queue.
+    """
+    wanted = consumer_queue(queue_name, binding_keys, config)
+    holding_name = queue_name + ".migrating"
+    holding_exists = True
+    probe = connection.channel()
+    try:
+        probe.queue_declare(holding_name, passive=True)
+    except amqp.exceptions.NotFound:
+        holding_exists = False
+    finally:
+        if probe.is_open:
+            probe.close()
+    if _queue_matches(connection, wanted) and not holding_exists:
+        return None
+    channel = connection.channel()
+    try:
+        channel.confirm_select()
+        channel.queue_declare(holding_name, durable=True, auto_delete=False)
+        for key in binding_keys:
+            channel.queue_bind(holding_name, EVENTS_EXCHANGE, routing_key=key)
+        moved = 0
+        try:
+            channel.queue_declare(queue_name, passive=True)
+            old_exists = True
+        except amqp.exceptions.NotFound:
+            old_exists = False
+            channel = connection.channel()
+            channel.confirm_select()
+        if old_exists and not _queue_matches(connection, wanted):
+            for key in binding_keys:
+                channel.queue_unbind(queue_name, EVENTS_EXCHANGE, routing_key=key)
+            _move_messages(channel, queue_name, holding_name)
+            channel.queue_delete(queue_name)
+        wanted(channel).declare()  # with its bindings
+        for key in binding_keys:
+            channel.queue_unbind(holding_name, EVENTS_EXCHANGE, routing_key=key)
+        moved += _move_messages(channel, holding_name, queue_name)
+        channel.queue_delete(holding_name, if_empty=True)
+        return moved
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def migrate_queues(connection, config, subscriptions):
+    """migrate_queue() for each subscription; yields (queue_name, None or messages moved)."""
+    for queue_name, binding_keys in subscriptions.items():
+        yield queue_name, migrate_queue(connection, queue_name, tuple(binding_keys), config)
