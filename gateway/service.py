@@ -9,12 +9,14 @@ import json
 import eventlet
 from kombu import Connection
 from nameko.dependency_providers import Config
+from werkzeug.wrappers import Response
 
 from gateway import schemas
 from gateway.auth import TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.openapi import openapi_document
 from gateway.throttle import LoginThrottle
+from services.kit import metrics
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from services.kit.rpc import TimedRpcProxy
 
@@ -57,6 +59,7 @@ class GatewayService:
     tokens = TokenAuth()
     failed_logins = LoginThrottle()
     config = Config()
+    http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -137,6 +140,12 @@ class GatewayService:
     @http("GET", "/api/openapi.json")
     def openapi(self, request):
         return json_response(openapi_document())
+
+    @http("GET", "/metrics")
+    def prometheus_metrics(self, request):
+        """Prometheus metrics of this process (under make run: every service's)."""
+        body, content_type = metrics.latest()
+        return Response(body, status=200, content_type=content_type)
 
     @http("GET", "/health")
     def health(self, request):

@@ -44,9 +44,9 @@ from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT
 from nameko.exceptions import ContainerBeingKilled
 from nameko.extensions import SharedExtension
 from nameko.messaging import Consumer, QueueConsumer
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
-from services.kit import topology
+from services.kit import metrics, topology
 from services.kit.amqp import ConfirmedPublisher, PublishFailed, event_message, make_connection
 from services.kit.constants import (
     CONFIRM_TIMEOUT_CONFIG_KEY, DEAD_LETTER_EXCHANGE, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_HEARTBEAT,
@@ -189,6 +189,9 @@ class OutboxRelay(SharedExtension):
                     select(model.id, model.event_id, model.event_type, model.body, model.headers)
                     .where(model.sent_at.is_(None)).order_by(model.id).limit(self.batch_size)
                 ).all()
+                backlog = len(rows) if len(rows) < self.batch_size else session.scalar(
+                    select(func.count()).select_from(model).where(model.sent_at.is_(None)))
+                metrics.outbox_backlog(self.container.service_name, backlog)
                 session.rollback()
             if not rows:
                 return published
@@ -209,6 +212,8 @@ class OutboxRelay(SharedExtension):
                 session.execute(update(model).where(model.id.in_([row.id for row in rows]))
                                 .values(sent_at=utcnow()))
                 session.commit()
+            for row in rows:
+                metrics.event_published(self.container.service_name, row.event_type)
             published += len(rows)
             if len(rows) < self.batch_size:
                 return published
@@ -223,6 +228,7 @@ class EventDispatcher(nameko_events.EventDispatcher):
 
     topology = Topology()
     relay = OutboxRelay()
+    metrics_server = metrics.MetricsServer()  # METRICS_PORT
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -307,6 +313,7 @@ class EventHandler(nameko_events.EventHandler):
     queue_consumer = EventQueueConsumer()
     topology = Topology()
     failure_router = FailureRouter()
+    metrics_server = metrics.MetricsServer()  # METRICS_PORT
 
     def __init__(self, *binding_keys, **kwargs):
         """Handle events whose type matches one of ``binding_keys`` (AMQP topic patterns).
@@ -356,6 +363,8 @@ class EventHandler(nameko_events.EventHandler):
         if seen:
             log.info("event %s already processed by %s; skipped", event.event_id,
                      self.queue_name)
+            metrics.duplicate_skipped(self.container.service_name, self.queue_name,
+                                      event.event_type)
             self.queue_consumer.ack_message(message)
             return
         try:
@@ -371,6 +380,13 @@ class EventHandler(nameko_events.EventHandler):
                 if not self.database.commit_worker(worker_ctx, self.queue_name, event.event_id):
                     log.info("event %s was processed concurrently by %s; skipped",
                              event.event_id, self.queue_name)
+                    metrics.duplicate_skipped(self.container.service_name, self.queue_name,
+                                              event.event_type)
+                else:
+                    log.info("event %s (%s) handled by %s", event.event_id, event.event_type,
+                             self.queue_name)
+                    metrics.event_handled(self.container.service_name, self.queue_name,
+                                          event.event_type)
             except Exception:
                 log.exception("commit failed for event %s on %s", event.event_id,
                               self.queue_name)
@@ -387,6 +403,8 @@ class EventHandler(nameko_events.EventHandler):
 
     def _retry_or_park(self, message, exc):
         attempts = int((message.headers or {}).get(HEADER_ATTEMPTS, 0)) + 1
+        metrics.event_failed(self.container.service_name, self.queue_name,
+                             metrics.event_type_of(message))
         reason = f"{type(exc).__name__}: {exc}"[:1000]
         # InvalidEvent from a handler: the event can never be handled; retrying cannot help.
         if attempts > len(self.retry_delays) or isinstance(exc, InvalidEvent):
@@ -407,6 +425,9 @@ class EventHandler(nameko_events.EventHandler):
             message, DEAD_LETTER_EXCHANGE, self.queue_name,
             self._failure_headers(message, reason, exception, attempts))
         self.queue_consumer.ack_message(message)  # only once the parked copy is confirmed
+        metrics.event_dead_lettered(self.container.service_name, self.queue_name,
+                                    metrics.event_type_of(message),
+                                    "invalid" if exception == "InvalidEvent" else "failed")
 
     def _failure_headers(self, message, reason, exception, attempts):
         headers = message.headers or {}

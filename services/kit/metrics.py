@@ -1,0 +1,154 @@
+"""Prometheus metrics for every service, in prometheus_client's default registry.
+
+Where to read them:
+- ``make run`` (every service in one process): the gateway's ``GET /metrics`` shows them all.
+- one process per service (docker compose): set ``METRICS_PORT`` and every service with the kit's
+  event machinery (or ``MetricsServer()`` as a dependency) serves ``http://<host>:<port>/metrics``
+  from that process; 0 or empty (the default) serves nothing. A process serves one port even when
+  it runs several services.
+
+Events (label ``service``: the one counting; ``event_type``; ``queue``: ``<service>.<method>``):
+
+    knowledge_nest_events_published_total        confirmed by the broker, from the outbox
+    knowledge_nest_events_handled_total          handler ran and its transaction committed
+    knowledge_nest_events_failed_total           handler raised (each try; retried or parked)
+    knowledge_nest_events_dead_lettered_total    parked in "<queue>.dlq" (label ``reason``:
+                                                 failed / invalid)
+    knowledge_nest_events_duplicates_skipped_total  already in the inbox: acked, not run again
+    knowledge_nest_outbox_backlog                events in the outbox not yet published
+
+HTTP (the gateway): ``knowledge_nest_http_requests_total{method, route, status}`` and
+``knowledge_nest_http_request_duration_seconds{method, route}`` (a histogram); ``route`` is the
+URL rule (``/api/courses/<int:course_id>``), never the raw path.
+"""
+import logging
+import threading
+import time
+import weakref
+
+from nameko.extensions import DependencyProvider, SharedExtension
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, start_http_server
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+
+METRICS_PORT_CONFIG_KEY = "METRICS_PORT"
+
+EVENTS_PUBLISHED = Counter(
+    "knowledge_nest_events_published_total", "Events published from the outbox and confirmed",
+    ["service", "event_type"])
+EVENTS_HANDLED = Counter(
+    "knowledge_nest_events_handled_total", "Events a handler processed and committed",
+    ["service", "queue", "event_type"])
+EVENTS_FAILED = Counter(
+    "knowledge_nest_events_failed_total", "Handler runs that raised (each try)",
+    ["service", "queue", "event_type"])
+EVENTS_DEAD_LETTERED = Counter(
+    "knowledge_nest_events_dead_lettered_total", "Messages parked in a dead-letter queue",
+    ["service", "queue", "event_type", "reason"])
+EVENTS_DUPLICATES = Counter(
+    "knowledge_nest_events_duplicates_skipped_total",
+    "Redelivered events skipped because the inbox already had them",
+    ["service", "queue", "event_type"])
+OUTBOX_BACKLOG = Gauge(
+    "knowledge_nest_outbox_backlog", "Events in the outbox not yet published",
+    ["service"])
+HTTP_REQUESTS = Counter(
+    "knowledge_nest_http_requests_total", "HTTP requests answered by the gateway",
+    ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "knowledge_nest_http_request_duration_seconds", "Time to answer an HTTP request",
+    ["method", "route"])
+
+
+# Hooks, called by services/kit/events.py: one line each there.
+
+def event_published(service, event_type, count=1):
+    EVENTS_PUBLISHED.labels(service, event_type).inc(count)
+
+
+def event_handled(service, queue, event_type):
+    EVENTS_HANDLED.labels(service, queue, event_type).inc()
+
+
+def event_failed(service, queue, event_type):
+    EVENTS_FAILED.labels(service, queue, event_type).inc()
+
+
+def event_dead_lettered(service, queue, event_type, reason):
+    EVENTS_DEAD_LETTERED.labels(service, queue, event_type or "unknown", reason).inc()
+
+
+def duplicate_skipped(service, queue, event_type):
+    EVENTS_DUPLICATES.labels(service, queue, event_type).inc()
+
+
+def outbox_backlog(service, count):
+    OUTBOX_BACKLOG.labels(service).set(count)
+
+
+def latest():
+    """(body, content type) of the process's metrics, for an HTTP response."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+_server_lock = threading.Lock()
+_server_port = None
+
+
+def serve(port):
+    """Serve /metrics on ``port`` from this process, once (later calls are no-ops)."""
+    global _server_port
+    with _server_lock:
+        if _server_port is None:
+            start_http_server(port)
+            _server_port = port
+            log.info("Prometheus metrics on http://0.0.0.0:%d/metrics", port)
+    return _server_port
+
+
+class MetricsServer(SharedExtension):
+    """Serves this process's metrics on ``METRICS_PORT`` when that is set (see above)."""
+
+    def start(self):
+        port = self.container.config.get(METRICS_PORT_CONFIG_KEY)
+        if port not in (None, "", 0, "0"):
+            serve(int(port))
+
+
+class HttpMetrics(DependencyProvider):
+    """Counts and times each request a gateway route answered, by route and status, and logs it
+    (logger ``gateway.access``) with the request's call id."""
+
+    def setup(self):
+        self._started = weakref.WeakKeyDictionary()
+
+    def worker_setup(self, worker_ctx):
+        self._started[worker_ctx] = time.perf_counter()
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        status = getattr(result, "status_code", None)
+        if status is None:
+            status = 500
+            if exc_info is not None:
+                from gateway.http import ERROR_TABLE  # the status the gateway answers with
+                status = next((row[1] for row in ERROR_TABLE if isinstance(exc_info[1], row[0])),
+                              500)
+        entrypoint = worker_ctx.entrypoint
+        route = getattr(entrypoint, "url", entrypoint.method_name)
+        method = getattr(entrypoint, "method", "")
+        HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        started = self._started.pop(worker_ctx, None)
+        if started is not None:
+            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+        request = worker_ctx.args[0] if worker_ctx.args else None
+        access_log.info("%s %s -> %s", method, getattr(request, "full_path", route).rstrip("?"),
+                        status)
+
+
+def event_type_of(message):
+    """The event type of an AMQP message, from its properties or routing key ("unknown")."""
+    headers = message.headers or {}
+    return (message.properties.get("type") or headers.get("x-original-routing-key")
+            or (message.delivery_info or {}).get("routing_key") or "unknown")
