@@ -1,6 +1,7 @@
 """``make run`` on a fresh clone: the suite comes up, answers over HTTP, and Ctrl-C leaves nothing.
 
-The clone is of this checkout's HEAD; it runs with this test's own vhost, SQLite files and port.
+The clone is of this checkout's HEAD; it runs with this test's own vhost, databases (SQLite
+files, or PostgreSQL databases: the README's ``*_DATABASE_URL`` way) and port.
 It uses the venv the tests run in (``VENV=``) and ``make -o <venv>/.installed`` so that the
 clone's ``make`` never reinstalls itself into that shared venv (an editable install from the
 clone would repoint it at a temporary directory).
@@ -50,8 +51,8 @@ def clone(tmp_path):
     return path
 
 
-def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(clone, tmp_path,
-                                                                   rabbit_config):
+def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
+        clone, tmp_path, rabbit_config, database_backend, make_database_url):
     venv = sys.prefix
     assert os.path.exists(os.path.join(venv, "bin", "nameko")), "tests must run in the venv"
     port = find_free_port()
@@ -62,7 +63,7 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(clone, tmp_pat
                PASSWORD_HASH_TIME_COST="1", PASSWORD_HASH_MEMORY_COST="1024",
                PASSWORD_HASH_PARALLELISM="1", MAIL_BACKEND="log", MAIL_RETRY_INTERVAL="0.5",
                HEALTH_TIMEOUT="5", LOG_FORMAT="plain", LOG_LEVEL="INFO",
-               **{f"{name.upper()}_DATABASE_URL": f"sqlite:///{tmp_path}/{name}.db"
+               **{f"{name.upper()}_DATABASE_URL": make_database_url(database_backend)
                   for name in ("auth", "course", "review", "notification")})
     log_path = tmp_path / "make-run.log"
     with open(log_path, "wb") as log_file:
@@ -86,6 +87,7 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(clone, tmp_pat
 
         wait_until(healthy, timeout=180, interval=0.5, message="make run answering /health")
         assert f"API:            http://127.0.0.1:{port}" in output()
+        assert f"databases:      {database_backend}" in output()
 
         response = requests.post(base + "/api/auth/register", timeout=60, json={
             "email": "make-run@example.com", "password": PASSWORD, "name": "Make Run"})
@@ -102,6 +104,11 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(clone, tmp_pat
             return [item for item in response.json()["items"] if item["kind"] == "welcome"]
 
         assert wait_until(welcome, timeout=60, interval=0.5, message="the welcome notification")
+
+        # one process: the gateway's /metrics has every service's (here notification's)
+        metrics = requests.get(base + "/metrics", timeout=60).text
+        assert 'knowledge_nest_events_handled_total{event_type="user.registered",' \
+            'queue="notification.' in metrics
 
         # The log says which service said what, and ties auth's line to the HTTP request.
         def auth_logged():
