@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yml
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-integration bench clean
+.PHONY: install run test test-unit test-integration test-faults reliability-report bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+# The fault-test matrix alone (tests/faults: connections cut, processes killed); also part of test.
+test-faults: install
+	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
+
+# Runs the matrix recording what it observed, then renders docs/reliability.md from it.
+reliability-report: install
+	rm -f var/reliability.json
+	mkdir -p var
+	RELIABILITY_RESULTS=$(CURDIR)/var/reliability.json $(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
+	$(BIN)/python scripts/reliability_report.py var/reliability.json docs/reliability.md
 
 clean:
 	rm -rf $(VENV) var/*.db var/*.db-* .pytest_cache *.egg-info
