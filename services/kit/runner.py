@@ -94,7 +94,8 @@ def start_local_broker(amqp_uri, timeout=BROKER_START_TIMEOUT):
 def stop_local_broker():
     if shutil.which("rabbitmqctl"):
         print("Stopping the RabbitMQ broker make run started (rabbitmqctl stop).", flush=True)
-        subprocess.call(["rabbitmqctl", "stop"], stdout=subprocess.DEVNULL)
+        subprocess.call(["rabbitmqctl", "stop"], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
 
 
 def run_services(nameko, config_path, modules):
