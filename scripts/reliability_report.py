@@ -37,7 +37,10 @@ notification as a separate `nameko run` process and kills it with SIGKILL.
 
 **A write** is `course.enroll(user, course)`: it commits an enrollment and its `course.enrolled`
 event in one transaction (outbox). **The effect** is notification's "you are enrolled" notification
-(one per event, committed with the event's inbox record).
+(one per event, committed with the event's inbox record). The test calls the write on course's
+entrypoint directly (nameko's `entrypoint_hook`), so accepting it never needs the broker: that is
+the outbox's promise. Over HTTP the gateway reaches course by RPC, which does need the broker;
+those requests get a 503 while it is away and are not accepted (not measured here).
 
 **Every number comes from ground truth**, not from the code under test's counters:
 

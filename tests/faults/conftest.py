@@ -210,3 +210,11 @@ def enroll(ledger, user_id):
         return False
     ledger.succeeded += 1
     return True
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def notification_count(ledger):
+    return query(ledger.notification_db, select(func.count()).select_from(Notification)
+                 .where(Notification.kind == "enrollment_confirmed"))[0][0]

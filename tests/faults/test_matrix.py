@@ -137,3 +137,95 @@ def test_f8_relay_killed_between_confirm_and_marking_sent(fault_suite, broker_pr
                            "before marking it sent; restarted", numbers,
                            succeeded=ledger.succeeded)
     assert row["duplicates_absorbed"] >= 20
+
+
+def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.faults.conftest import ROOT, notification_count
+    ledger = fault_suite(with_notification=False)
+    for n in range(1, 301):
+        enroll(ledger, n)
+    config_file = tmp_path / "notification.yml"
+    config_file.write_text(json.dumps(dict(ledger.direct_config, MAIL_BACKEND="log")))
+    command = [os.path.join(os.path.dirname(sys.executable), "nameko"), "run", "--config",
+               str(config_file), "services.notification.service"]
+    processes = []
+
+    def start():
+        log = open(tmp_path / f"notification-{len(processes)}.log", "wb")
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        processes.append(process)
+        return process
+
+    try:
+        first = start()
+        wait_until(lambda: notification_count(ledger) >= 100, timeout=60, interval=0.02,
+                   message="the consumer process handling the backlog")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        handled_at_kill = notification_count(ledger)
+        assert handled_at_kill < 300, "it finished before the kill: nothing was tested"
+        # its unacked messages are back in the queue; those it had committed are redeliveries
+        # the inbox must absorb: ready now + committed - all
+        eventlet.sleep(1)
+        redelivered_done = ledger.plain.message_count(ENROLLED_QUEUE) + handled_at_kill - 300
+        start()
+        numbers = ledger.wait_settled(timeout=120)
+        numbers["duplicates_absorbed"] += max(0, redelivered_done)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    check_and_record("F3", f"a `nameko run` notification process SIGKILLed mid-backlog of 300 "
+                     f"(after {handled_at_kill} handled), restarted", numbers,
+                     succeeded=ledger.succeeded)
+
+
+def test_f6_consumers_database_unavailable_for_a_while(fault_suite, make_service_database,
+                                                       broker_proxy):
+    from urllib.parse import urlparse
+
+    from services.kit.amqp import make_connection
+    from services.kit.dlq import DeadLetters
+    from tests.support.proxy import TcpProxy
+    direct = make_service_database("notification", "postgresql")
+    url = urlparse(direct)
+    pg_proxy = TcpProxy(url.hostname, url.port or 5432)
+    try:
+        proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{pg_proxy.port}").geturl()
+        ledger = fault_suite(notification_db=(direct, proxied),
+                             EVENT_RETRY_DELAYS=[0.5, 1, 2])
+        for n in range(1, 21):
+            enroll(ledger, n)
+        ledger.wait_settled()
+        pg_proxy.cut()  # notification's database goes away for 5 s
+        for n in range(21, 61):
+            enroll(ledger, n)
+            eventlet.sleep(0.1)
+        eventlet.sleep(1)
+        pg_proxy.restore()
+        # the last retry is 3.5 s after the first try: what failed until then is parked
+        eventlet.sleep(5)
+        parked = ledger.dead_lettered()
+        if parked:  # what an operator does: knowledge-nest dlq requeue --queue ...
+            connection = make_connection(ledger.direct_config["AMQP_URI"], heartbeat=0)
+            with DeadLetters(connection, ledger.direct_config) as dead_letters:
+                assert dead_letters.requeue([ENROLLED_QUEUE]) == parked
+        numbers = ledger.wait_settled()
+        numbers["dead_lettered"] = parked
+    finally:
+        pg_proxy.close()
+    row = check_and_record("F6", "notification's PostgreSQL unreachable for 5 s during 40 "
+                           "writes (retries 0.5/1/2 s; parked ones requeued)", numbers,
+                           succeeded=ledger.succeeded)
+    assert row["dead_lettered"] <= 40
