@@ -162,8 +162,11 @@ def run_suite(config_path, config):
         databases=", ".join(sorted(set(
             sanitize_url(uri) for uri in config.get("DB_URIS", {}).values())))), flush=True)
     status = run_services(nameko, config_path, modules)
-    print(f"Stopped {', '.join(modules)}.", flush=True)
-    return 0 if status in (0, -signal.SIGINT) else status
+    if status in (0, -signal.SIGINT):
+        print(f"Stopped {', '.join(modules)}.", flush=True)
+        return 0
+    print(f"nameko run exited with status {status}: see its log above.", file=sys.stderr)
+    return status if status > 0 else 1
 
 
 if __name__ == "__main__":
