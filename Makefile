@@ -46,5 +46,15 @@ reliability-report: install
 	RELIABILITY_RESULTS=$(CURDIR)/var/reliability.json $(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
 	$(BIN)/python scripts/reliability_report.py var/reliability.json docs/reliability.md
 
+# Benchmarks: the suite against plain nameko and the raw broker (bench/results.md and .json);
+# BENCH_ARGS=--quick for a run under a minute. Needs the local broker with its management API.
+BENCH_ARGS ?=
+$(VENV)/.installed-bench: setup.cfg pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) var/*.db var/*.db-* .pytest_cache *.egg-info
