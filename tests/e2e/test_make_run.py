@@ -1,7 +1,8 @@
 """``make run`` on a fresh clone: the suite comes up, answers over HTTP, and Ctrl-C leaves nothing.
 
-The clone is of this checkout's HEAD; it runs with this test's own vhost, databases (SQLite
-files, or PostgreSQL databases: the README's ``*_DATABASE_URL`` way) and port.
+The clone is of this checkout's HEAD; it runs with this test's own vhost and port, and either the
+defaults' SQLite files (``var/*.db`` in the clone: nothing to set up) or PostgreSQL databases of
+its own (the README's ``*_DATABASE_URL`` way).
 It uses the venv the tests run in (``VENV=``) and ``make -o <venv>/.installed`` so that the
 clone's ``make`` never reinstalls itself into that shared venv (an editable install from the
 clone would repoint it at a temporary directory).
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PASSWORD = "correct horse battery staple"
+SERVICES = ("auth", "course", "review", "notification")
 
 
 def processes_in_group(pgid):
@@ -62,9 +64,11 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
                JWT_SECRET="make-run-test-secret-0123456789-0123456789",
                PASSWORD_HASH_TIME_COST="1", PASSWORD_HASH_MEMORY_COST="1024",
                PASSWORD_HASH_PARALLELISM="1", MAIL_BACKEND="log", MAIL_RETRY_INTERVAL="0.5",
-               HEALTH_TIMEOUT="5", LOG_FORMAT="plain", LOG_LEVEL="INFO",
-               **{f"{name.upper()}_DATABASE_URL": make_database_url(database_backend)
-                  for name in ("auth", "course", "review", "notification")})
+               HEALTH_TIMEOUT="5", LOG_FORMAT="plain", LOG_LEVEL="INFO")
+    for name in SERVICES:
+        env.pop(f"{name.upper()}_DATABASE_URL", None)  # sqlite: the defaults, var/<name>.db
+        if database_backend == "postgresql":
+            env[f"{name.upper()}_DATABASE_URL"] = make_database_url("postgresql")
     log_path = tmp_path / "make-run.log"
     with open(log_path, "wb") as log_file:
         make = subprocess.Popen(
@@ -128,6 +132,8 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
             time.sleep(0.5)
         assert processes_in_group(pgid) == [], output()
         assert "Stopped services.auth.service" in output()
+        if database_backend == "sqlite":
+            assert {f"{name}.db" for name in SERVICES} <= set(os.listdir(clone / "var"))
     finally:
         if processes_in_group(pgid):
             os.killpg(pgid, signal.SIGKILL)
