@@ -127,8 +127,11 @@ class Formatter(logging.Formatter):
         fields = self._fields(record)
         if self.json:
             return self.format_json(record, fields)
-        record.service = fields["service"] or "-"
-        line = super().format(record)
+        record.service = fields["service"] or "-"  # for the format string only
+        try:
+            line = super().format(record)
+        finally:
+            record.service = fields["service"]
         extra = []
         if fields["call_id"]:
             extra.append(f"call_id={fields['call_id']}")

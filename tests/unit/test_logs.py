@@ -51,7 +51,9 @@ def test_plain_line_names_the_service_from_the_logger_outside_a_worker():
     assert "call_id=" not in line
     assert " gateway [gateway.service] " in logs.Formatter().format(
         make_record("gateway.service"))
-    assert " - [nameko.runners] " in logs.Formatter().format(make_record("nameko.runners"))
+    record = make_record("nameko.runners")
+    assert " - [nameko.runners] " in logs.Formatter().format(record)
+    assert "service" not in json.loads(logs.Formatter("json").format(record))  # not "-"
 
 
 def test_plain_line_carries_the_worker_call_id_its_origin_and_the_event():
