@@ -142,6 +142,7 @@ def test_f8_relay_killed_between_confirm_and_marking_sent(fault_suite, broker_pr
 def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_path):
     import os
     import signal
+    import sqlite3
     import subprocess
     import sys
 
@@ -150,7 +151,9 @@ def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_p
     for n in range(1, 301):
         enroll(ledger, n)
     config_file = tmp_path / "notification.yml"
-    config_file.write_text(json.dumps(dict(ledger.direct_config, MAIL_BACKEND="log")))
+    # two workers: slow enough that the test sees it mid-backlog, on a busy machine too
+    config_file.write_text(json.dumps(dict(ledger.direct_config, MAIL_BACKEND="log",
+                                           max_workers=2, PREFETCH_COUNT=10)))
     command = [os.path.join(os.path.dirname(sys.executable), "nameko"), "run", "--config",
                str(config_file), "services.notification.service"]
     processes = []
@@ -164,12 +167,18 @@ def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_p
 
     try:
         first = start()
-        wait_until(lambda: notification_count(ledger) >= 100, timeout=60, interval=0.02,
-                   message="the consumer process handling the backlog")
+        database = sqlite3.connect(ledger.notification_db.split("///", 1)[1], timeout=30)
+        try:
+            wait_until(lambda: database.execute(
+                "SELECT count(*) FROM notifications").fetchone()[0] >= 50,
+                timeout=120, interval=0.005, message="the consumer process handling the backlog")
+        finally:
+            database.close()
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
         handled_at_kill = notification_count(ledger)
         assert handled_at_kill < 300, "it finished before the kill: nothing was tested"
+        # (the notifications table holds only this scenario's enrollment confirmations)
         # its unacked messages are back in the queue; those it had committed are redeliveries
         # the inbox must absorb: ready now + committed - all
         eventlet.sleep(1)
