@@ -212,6 +212,8 @@ class Bench:
         ]
         for label, target, extra, ready in specs:
             service = procs.Service(label, [target], self.base_config(**extra), self.tmp, ready)
+            if label in self.args.profile:
+                service.profile_to = os.path.join(self.args.out, f"profile-{label}.txt")
             self.services.append(service)
         self.log(f"starting {len(self.services)} nameko processes")
         for service in self.services:
@@ -431,6 +433,9 @@ class Bench:
                     self.run_steady()
                 self.meter.stop()
             finally:
+                self.log("stopping the services")
+                for service in self.services:  # all at once: each may take seconds to stop
+                    service.terminate()
                 for service in self.services:
                     service.stop()
         self.elapsed = time.time() - started
@@ -532,9 +537,18 @@ def main(argv=None):
     parser.add_argument("--out", default=HERE, help="where results.md and results.json go")
     parser.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"),
                         help="markdown put under the header of results.md (if it exists)")
+    parser.add_argument("--profile", action="append", default=[], metavar="SERVICE",
+                        help="run SERVICE (e.g. kit_sink, course, gateway) under pyinstrument; "
+                             "its profile goes to OUT/profile-SERVICE.txt")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite OUT/results.md from OUT/results.json (and the notes)")
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs)
-    result = Bench(args).run()
+    if args.render:
+        with open(os.path.join(args.out, "results.json")) as source:
+            result = json.load(source)
+    else:
+        result = Bench(args).run()
     notes = ""
     if args.notes and os.path.exists(args.notes):
         with open(args.notes) as notes_file:

@@ -78,6 +78,7 @@ class Service:
         self.popen = None
         self.proc = None
         self.peak_rss = 0
+        self.profile_to = None
 
     def start(self, cwd):
         path = os.path.join(self.workdir, f"{self.label}.yml")
@@ -85,7 +86,11 @@ class Service:
             yaml.safe_dump(self.config, out)
         self.log_path = os.path.join(self.workdir, f"{self.label}.log")
         self.log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen([nameko_bin(), "run", "--config", path, *self.targets],
+        command = [nameko_bin(), "run", "--config", path, *self.targets]
+        if self.profile_to:  # sampled by pyinstrument; written when the service stops
+            command = [sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all",
+                       "-o", self.profile_to, "-m", "nameko", *command[1:]]
+        self.popen = subprocess.Popen(command,
                                       cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
         self.proc = psutil.Process(self.popen.pid)
 
@@ -108,11 +113,15 @@ class Service:
         except OSError:
             return ""
 
+    def terminate(self):
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
     def stop(self):
         if self.popen is not None and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
-                self.popen.wait(10)
+                self.popen.wait(60 if self.profile_to else 10)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
