@@ -143,7 +143,10 @@ def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_p
     import os
     import signal
     import sqlite3
-    import subprocess
+    # The original (not green) subprocess: green Popen reads its exec-error pipe through the
+    # hub, which fails when that fd number still has a stale listener from a closed socket
+    # ("Second simultaneous read on fileno N", seen once in a full run).
+    subprocess = eventlet.patcher.original("subprocess")
     import sys
 
     from tests.faults.conftest import ROOT, notification_count
