@@ -139,6 +139,7 @@ def test_f8_relay_killed_between_confirm_and_marking_sent(fault_suite, broker_pr
     assert row["duplicates_absorbed"] >= 20
 
 
+@pytest.mark.flaky_in_full_suite  # passes alone and in `make test-faults`; see setup.cfg
 def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_path):
     import os
     import signal
