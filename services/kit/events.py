@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from functools import partial
 
 import amqp
-from eventlet.queue import Empty, Full, LightQueue
 from eventlet.semaphore import Semaphore
 from nameko import events as nameko_events
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
@@ -47,6 +46,7 @@ from nameko.messaging import Consumer, QueueConsumer
 from sqlalchemy import func, select, update
 
 from services.kit import metrics, topology
+from services.kit.background import BackgroundLoop
 from services.kit.amqp import ConfirmedPublisher, PublishFailed, event_message, make_connection
 from services.kit.constants import (
     CONFIRM_TIMEOUT_CONFIG_KEY, DEAD_LETTER_EXCHANGE, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_HEARTBEAT,
@@ -114,7 +114,7 @@ class Topology(SharedExtension):
             self._declared |= {(name, tuple(keys)) for name, keys in missing.items()}
 
 
-class OutboxRelay(SharedExtension):
+class OutboxRelay(BackgroundLoop, SharedExtension):
     """Publishes the service's unsent outbox rows, in order, and marks them sent when confirmed.
 
     Woken right after a worker that dispatched an event ends; also sweeps every
@@ -123,9 +123,6 @@ class OutboxRelay(SharedExtension):
 
     def __init__(self):
         super().__init__()
-        self._wakeup = LightQueue(maxsize=1)
-        self._running = False
-        self._thread = None
         self.publisher = None
 
     def setup(self):
@@ -138,46 +135,18 @@ class OutboxRelay(SharedExtension):
         self.message_options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL
         self.publisher = new_publisher(config)
 
-    def start(self):
-        self._running = True
-        self._thread = self.container.spawn_managed_thread(self._run, identifier="outbox_relay")
-
     def stop(self):
-        self._running = False
-        self.wake()
-        if self._thread is not None:
-            self._thread.wait()
+        super().stop()  # the current pass finishes first
         if self.publisher is not None:
             self.publisher.close()
 
     def kill(self):
-        self._running = False
-        if self._thread is not None:
-            self._thread.kill()
+        super().kill()
         if self.publisher is not None:
             self.publisher.close()
 
-    def wake(self):
-        try:
-            self._wakeup.put_nowait(True)
-        except Full:  # already due to run
-            pass
-
-    def _run(self):
-        failures = 0
-        while self._running:
-            try:
-                self._wakeup.get(timeout=self.poll_interval)
-            except Empty:
-                pass
-            try:
-                self.relay_pending()
-                failures = 0
-            except Exception as exc:  # broker or database away: the rows wait for the next sweep
-                failures += 1
-                log.warning("outbox relay of %s could not publish (%s: %s); retrying in %.1fs",
-                            self.container.service_name, type(exc).__name__, exc,
-                            self.poll_interval, exc_info=failures == 1)
+    def run_once(self):
+        self.relay_pending()
 
     def relay_pending(self):
         """Publish every unsent row, oldest first; return how many were published."""
