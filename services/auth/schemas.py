@@ -5,7 +5,9 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from services.kit.schemas import StrictSchema, UtcDateTime
 from services.auth.passwords import password_problems
 
-ROLES = ("student", "instructor")
+# "admin" is given only by `knowledge-nest create-admin` (RPC); the gateway's public register
+# accepts student and instructor only (gateway/schemas.py RegisterRequest).
+ROLES = ("student", "instructor", "admin")
 
 
 def normalize_email(email):

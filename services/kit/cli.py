@@ -115,6 +115,70 @@ def cmd_migrate_queues(args, config):
         topology.declare_topology(connection, config, subscriptions)
 
 
+def read_new_password(args):
+    """The admin's password: one line of stdin (--password-stdin), or typed twice at a prompt."""
+    import getpass
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise SystemExit("error: --password-stdin: no password on standard input")
+        return password
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != password:
+        raise SystemExit("error: the two passwords differ; nothing created")
+    return password
+
+
+def cmd_create_admin(args, config):
+    from nameko.constants import AMQP_URI_CONFIG_KEY
+    from nameko.exceptions import RpcTimeout, UnknownService
+    from nameko.standalone.rpc import ClusterRpcProxy
+    from nameko.utils import sanitize_url
+
+    from services.kit.errors import ServiceError  # registers the typed errors with nameko
+    from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
+
+    password = read_new_password(args)
+    timeout = args.timeout or float(config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT))
+    not_running = (f"error: the auth service did not answer within {timeout:g}s: is it running? "
+                   f"(make run, or nameko run --config {args.config} services.auth.service); "
+                   f"nothing created")
+    try:
+        # expiration: a request nobody took in time is dropped, not run when auth starts later
+        with ClusterRpcProxy(config, timeout=timeout, expiration=timeout) as cluster:
+            user = cluster.auth.register(email=args.email, password=password, name=args.name,
+                                         role="admin")
+    except (RpcTimeout, UnknownService):
+        raise SystemExit(not_running)
+    except ServiceError as exc:
+        fields = "; ".join(f"{field}: {' '.join(map(str, messages))}"
+                           for field, messages in exc.fields.items())
+        raise SystemExit(f"error: {exc.message}" + (f" ({fields})" if fields else ""))
+    except OSError as exc:
+        raise SystemExit(f"error: cannot reach the broker at "
+                         f"{sanitize_url(config[AMQP_URI_CONFIG_KEY])}: {exc}")
+    print(user["id"])
+
+
+def parse_moment_arg(value, name):
+    from services.analytics.replay import ReplayError, parse_moment
+    try:
+        return parse_moment(value, name)
+    except ReplayError as exc:
+        raise SystemExit(f"error: {exc}")
+
+
+def cmd_replay(args, config):
+    from services.analytics.replay import ReplayError, replay
+    since = parse_moment_arg(args.since, "--since")
+    until = parse_moment_arg(args.until, "--until") if args.until else None
+    try:
+        replay(config, since, until, event_types=tuple(args.types or ()),
+               to_queue=args.to_queue, dry_run=args.dry_run)
+    except ReplayError as exc:
+        raise SystemExit(f"error: {exc}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="knowledge-nest", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
@@ -151,6 +215,31 @@ def build_parser():
     migrate_queues.add_argument("--queue", dest="queues", action="append",
                                 help="only this subscription, e.g. course.update_rating")
     migrate_queues.set_defaults(run=cmd_migrate_queues)
+
+    create_admin = commands.add_parser(
+        "create-admin", help="create an admin user through the running auth service (RPC)")
+    create_admin.add_argument("--email", required=True)
+    create_admin.add_argument("--name", required=True)
+    create_admin.add_argument("--password-stdin", action="store_true",
+                              help="read the password from one line of standard input "
+                                   "(default: prompt twice)")
+    create_admin.add_argument("--timeout", type=float,
+                              help="seconds to wait for auth (default: RPC_TIMEOUT)")
+    create_admin.set_defaults(run=cmd_create_admin)
+
+    replay = commands.add_parser(
+        "replay", help="publish logged events again from the analytics event log, in log order, "
+        "with their original envelopes (consumers skip what they already had)")
+    replay.add_argument("--since", required=True,
+                        help="ISO 8601; events whose timestamp is at or after it (no offset: UTC)")
+    replay.add_argument("--until", help="ISO 8601; only events before it")
+    replay.add_argument("--type", dest="types", action="append",
+                        help="only this event type (repeatable)")
+    replay.add_argument("--to-queue", help="to this one queue only (e.g. analytics.record_event) "
+                        "instead of the knowledge_nest_events exchange")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="list and count what would be replayed; publish nothing")
+    replay.set_defaults(run=cmd_replay)
 
     publish = commands.add_parser("publish", help="publish one event, confirmed")
     publish.add_argument("event_type", help="e.g. user.registered")

@@ -45,6 +45,7 @@ SUBSCRIPTIONS = {
     "notification.announce_course": ("course.created",),
     "notification.confirm_enrollment": ("course.enrolled",),
     "notification.notify_instructor_of_review": ("review.created",),
+    "analytics.record_event": ("#",),
 }
 
 

@@ -1,0 +1,163 @@
+"""analytics' rules, as plain functions of a SQLAlchemy session (the service wires them)."""
+import logging
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.analytics.models import (
+    EnrollmentsPerCourse, EventLog, EventsPerMinute, EventTypeCount, RatingCount,
+    RegistrationsPerDay,
+)
+from services.analytics.schemas import EventLogSchema, ListEventsArgs
+from services.kit.db import utcnow
+from services.kit.schemas import page_of
+
+log = logging.getLogger(__name__)
+
+RATINGS = (1, 2, 3, 4, 5)
+SUMMARY_MINUTES = 60
+MAX_BIGINT = 2**63 - 1
+
+
+def as_utc(moment):
+    """An aware UTC datetime; a naive one (SQLite hands those back) is taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def floor_minute(moment):
+    return as_utc(moment).replace(second=0, microsecond=0)
+
+
+def integer_id(value):
+    """``value`` if it is an integer id that fits a BIGINT (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if -MAX_BIGINT - 1 <= value <= MAX_BIGINT else None
+
+
+def valid_rating(value):
+    return None if isinstance(value, bool) or value not in RATINGS else value
+
+
+def _insert(session, model):
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise RuntimeError(f"analytics aggregates need PostgreSQL or SQLite, not {dialect}")
+
+
+def increment(session, model, keys, **columns):
+    """count += 1 for the row with ``keys`` (created at 1), atomically (INSERT .. ON CONFLICT).
+
+    ``columns`` are set too; an existing value is kept where the new one is None.
+    """
+    statement = _insert(session, model).values(count=1, **keys, **columns)
+    updates = {"count": model.__table__.c.count + 1}
+    for name in columns:
+        updates[name] = func.coalesce(statement.excluded[name], model.__table__.c[name])
+    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=updates))
+
+
+def record(session, event, routing_key, received_at=None):
+    """Append ``event`` to the log and count it in the aggregates, in the caller's transaction.
+
+    Returns the new log row, or None if the log already holds this event_id (it then counts
+    nothing). The kit's inbox already skips a redelivered event; this is the second line.
+    """
+    exists = session.execute(select(EventLog.id).where(EventLog.event_id == event.event_id)
+                             ).first()
+    if exists is not None:
+        log.info("event %s is already in the log; not counted again", event.event_id)
+        return None
+    data = event.data
+    timestamp = as_utc(event.timestamp)
+    row = EventLog(event_id=event.event_id, event_type=event.event_type,
+                   routing_key=routing_key or event.event_type, source=event.source,
+                   version=event.version, timestamp=timestamp,
+                   received_at=received_at or utcnow(), data=data,
+                   user_id=integer_id(data.get("user_id")),
+                   course_id=integer_id(data.get("course_id")))
+    session.add(row)
+    session.flush()  # the unique event_id decides a race before any aggregate moves
+
+    increment(session, EventTypeCount, {"event_type": event.event_type})
+    increment(session, EventsPerMinute, {"minute": floor_minute(timestamp),
+                                         "event_type": event.event_type})
+    if event.event_type == "user.registered":
+        increment(session, RegistrationsPerDay, {"day": timestamp.date()})
+    elif event.event_type == "course.enrolled":
+        course_id = integer_id(data.get("course_id"))
+        if course_id is None:
+            log.warning("course.enrolled %s has no integer course_id; logged, not counted "
+                        "per course", event.event_id)
+        else:
+            title = data.get("course_title")
+            increment(session, EnrollmentsPerCourse, {"course_id": course_id},
+                      course_title=title[:300] if isinstance(title, str) else None)
+    elif event.event_type == "review.created":
+        rating = valid_rating(data.get("rating"))
+        if rating is None:
+            log.warning("review.created %s has rating %r, not 1-5; logged, not counted in the "
+                        "distribution", event.event_id, data.get("rating"))
+        else:
+            increment(session, RatingCount, {"rating": rating})
+    return row
+
+
+def list_events(session, event_type=None, since=None, until=None, user_id=None, course_id=None,
+                page=1, per_page=20):
+    """A page of the log, newest (event timestamp) first; since inclusive, until exclusive."""
+    args = ListEventsArgs().load_or_raise(
+        {"event_type": event_type, "since": since, "until": until, "user_id": user_id,
+         "course_id": course_id, "page": page, "per_page": per_page})
+    query = select(EventLog)
+    if args["event_type"] is not None:
+        query = query.where(EventLog.event_type == args["event_type"])
+    if args["since"] is not None:
+        query = query.where(EventLog.timestamp >= args["since"])
+    if args["until"] is not None:
+        query = query.where(EventLog.timestamp < args["until"])
+    if args["user_id"] is not None:
+        query = query.where(EventLog.user_id == args["user_id"])
+    if args["course_id"] is not None:
+        query = query.where(EventLog.course_id == args["course_id"])
+    query = query.order_by(EventLog.timestamp.desc(), EventLog.id.desc())
+    return page_of(session, query, args["page"], args["per_page"], EventLogSchema())
+
+
+def summary(session, now=None):
+    """The aggregates; events_per_minute covers the last SUMMARY_MINUTES minutes (by event time)."""
+    by_type = {event_type: count for event_type, count in session.execute(
+        select(EventTypeCount.event_type, EventTypeCount.count)
+        .order_by(EventTypeCount.event_type))}
+    registrations = [{"day": day.isoformat(), "count": count} for day, count in session.execute(
+        select(RegistrationsPerDay.day, RegistrationsPerDay.count)
+        .order_by(RegistrationsPerDay.day))]
+    enrollments = [{"course_id": course_id, "course_title": title, "count": count}
+                   for course_id, title, count in session.execute(
+                       select(EnrollmentsPerCourse.course_id, EnrollmentsPerCourse.course_title,
+                              EnrollmentsPerCourse.count)
+                       .order_by(EnrollmentsPerCourse.count.desc(),
+                                 EnrollmentsPerCourse.course_id))]
+    ratings = {str(rating): 0 for rating in RATINGS}
+    for rating, count in session.execute(select(RatingCount.rating, RatingCount.count)):
+        ratings[str(rating)] = count
+    last_minute = floor_minute(now or utcnow())
+    first_minute = last_minute - timedelta(minutes=SUMMARY_MINUTES - 1)
+    per_minute = [{"minute": as_utc(minute).isoformat(), "event_type": event_type,
+                   "count": count}
+                  for minute, event_type, count in session.execute(
+                      select(EventsPerMinute.minute, EventsPerMinute.event_type,
+                             EventsPerMinute.count)
+                      .where(EventsPerMinute.minute >= first_minute,
+                             EventsPerMinute.minute <= last_minute)
+                      .order_by(EventsPerMinute.minute, EventsPerMinute.event_type))]
+    session.rollback()  # reads only
+    return {"events_total": sum(by_type.values()), "events_by_type": by_type,
+            "registrations_per_day": registrations, "enrollments_per_course": enrollments,
+            "rating_distribution": ratings, "events_per_minute": per_minute}

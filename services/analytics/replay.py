@@ -1,0 +1,240 @@
+"""``knowledge-nest replay``: publish logged events again, from the analytics event log.
+
+    knowledge-nest replay --since 2026-11-26T00:00:00Z [--until ISO] [--type T ...]
+                          [--to-queue Q] [--dry-run]
+
+Reads analytics' database (its ``DB_URIS`` entry, opened read-only) and publishes each matching
+event, in log order (the order analytics received them), with its ORIGINAL envelope: the same
+event_id, event_type, timestamp, source, version and data, as persistent JSON with
+``message_id``/``type``/``app_id`` set as the kit's relay sets them, through the kit's
+``ConfirmedPublisher`` (a batch counts only once the broker confirmed all of it).
+
+- By default to ``knowledge_nest_events`` with the routing key it was first published with:
+  every subscriber gets it again; those that already had it skip it (their inbox).
+- ``--to-queue Q``: to that one queue only (the default exchange routes by queue name), e.g. to
+  rebuild a new consumer's state without bothering the others. The queue must exist.
+
+Each replayed message carries ``x-replayed`` (when) and ``x-original-routing-key`` headers.
+``--since``/``--until`` select on the event's own timestamp (since inclusive, until exclusive).
+"""
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+import amqp
+from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
+from sqlalchemy import create_engine, event, func, inspect, select
+
+from services.analytics.models import EventLog
+from services.kit import constants, topology
+from services.kit.amqp import PublishFailed, event_message, make_connection
+from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY
+from services.kit.db import database_uri, normalize_url
+
+# The kit's consumers look an event up in their inbox before running the handler when it is marked
+# as replayed (services/kit/constants.py; the literal is the fallback for an older kit).
+HEADER_REPLAYED = getattr(constants, "HEADER_REPLAYED", "x-replayed")
+BATCH_SIZE = 200
+SERVICE_NAME = "analytics"
+
+
+class ReplayError(Exception):
+    """What a user must fix before anything can be replayed; nothing was published."""
+
+
+def parse_moment(value, name):
+    """An ISO 8601 string as an aware UTC datetime (no offset: UTC); ReplayError naming ``name``."""
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        raise ReplayError(f"{name} is not an ISO 8601 date and time: {value!r} "
+                          f"(e.g. 2026-11-26T10:00:00Z)") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def as_utc(moment):
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def open_log(db_uri):
+    """A read-only engine on analytics' database; ReplayError if it is missing or unmigrated."""
+    url = normalize_url(db_uri)
+    if url.get_backend_name() == "sqlite":
+        path = url.database
+        if not path or path == ":memory:" or not os.path.isfile(path):
+            raise ReplayError(f"no analytics database at {path!r}: has analytics run here? "
+                              f"(knowledge-nest migrate analytics, then run the service)")
+        engine = create_engine(f"sqlite:///file:{os.path.abspath(path)}?mode=ro&uri=true")
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def read_only(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cursor.close()
+    try:
+        has_log = inspect(engine).has_table(EventLog.__tablename__)
+    except Exception as exc:
+        engine.dispose()
+        raise ReplayError(f"cannot read the analytics database: {type(exc).__name__}: "
+                          f"{exc}") from None
+    if not has_log:
+        engine.dispose()
+        raise ReplayError("the analytics database has no event log yet: "
+                          "run `knowledge-nest migrate analytics`")
+    return engine
+
+
+def selection(since, until=None, event_types=()):
+    """The WHERE clause of what to replay."""
+    conditions = [EventLog.timestamp >= since]
+    if until is not None:
+        conditions.append(EventLog.timestamp < until)
+    if event_types:
+        conditions.append(EventLog.event_type.in_(list(event_types)))
+    return conditions
+
+
+def count_events(connection, conditions):
+    return connection.execute(select(func.count()).select_from(EventLog).where(*conditions)
+                              ).scalar_one()
+
+
+def iter_events(connection, conditions, batch_size=BATCH_SIZE):
+    """The selected log rows in log (id) order, a batch at a time (keyset, not offset)."""
+    last_id = 0
+    while True:
+        rows = connection.execute(select(EventLog).where(EventLog.id > last_id, *conditions)
+                                  .order_by(EventLog.id).limit(batch_size)).all()
+        if not rows:
+            return
+        yield rows
+        last_id = rows[-1].id
+
+
+def envelope(row):
+    """The event's envelope as it was published (services/kit/envelope.py's field order)."""
+    return {"event_id": row.event_id, "event_type": row.event_type,
+            "timestamp": as_utc(row.timestamp).isoformat(), "source": row.source,
+            "version": row.version, "data": row.data}
+
+
+def replay_message(row, options, replayed_at):
+    body = json.dumps(envelope(row), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    headers = {HEADER_REPLAYED: replayed_at, HEADER_ORIGINAL_ROUTING_KEY: row.routing_key}
+    return event_message(body, row.event_id, row.event_type, row.source or "unknown",
+                         headers=headers, **options(row.event_type))
+
+
+class Progress:
+    """``replay [#######.............]  120/400`` on one line of ``stream``."""
+
+    def __init__(self, total, stream, width=30):
+        self.total, self.stream, self.width, self.done = total, stream, width, 0
+
+    def render(self):
+        filled = self.width if not self.total else self.width * self.done // self.total
+        return (f"\rreplay [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{self.done}/{self.total}")
+
+    def advance(self, count):
+        self.done += count
+        self.stream.write(self.render())
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def check_destination(config, to_queue):
+    """ReplayError unless the exchange (or ``to_queue``) exists on the broker."""
+    try:
+        with make_connection(config[AMQP_URI_CONFIG_KEY], heartbeat=0,
+                             ssl=config.get(AMQP_SSL_CONFIG_KEY)) as connection:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.connection.channel()
+            try:
+                if to_queue:
+                    channel.queue_declare(to_queue, passive=True)
+                else:
+                    channel.exchange_declare(EVENTS_EXCHANGE, "topic", passive=True)
+            finally:
+                if channel.is_open:
+                    channel.close()
+    except amqp.exceptions.NotFound:
+        what = f"queue {to_queue!r}" if to_queue else f"exchange {EVENTS_EXCHANGE!r}"
+        raise ReplayError(f"no {what} on the broker (start its service, or run "
+                          f"`knowledge-nest declare`)") from None
+    except (OSError, amqp.exceptions.AMQPError) as exc:
+        raise ReplayError(f"cannot reach the broker: {type(exc).__name__}: {exc}") from None
+
+
+def replay(config, since, until=None, event_types=(), to_queue=None, dry_run=False,
+           out=sys.stdout, progress_stream=sys.stderr, batch_size=BATCH_SIZE):
+    """Replay (or with ``dry_run`` list) the selected events; return how many."""
+    if until is not None and until < since:
+        raise ReplayError("--until is before --since")
+    try:
+        db_uri = database_uri(config, SERVICE_NAME)
+    except KeyError:
+        raise ReplayError("no analytics database configured (DB_URIS: analytics:Base)") from None
+    destination = f"queue {to_queue}" if to_queue else f"exchange {EVENTS_EXCHANGE}"
+    engine = open_log(db_uri)
+    try:
+        with engine.connect() as connection:
+            conditions = selection(since, until, event_types)
+            total = count_events(connection, conditions)
+            if dry_run:
+                for rows in iter_events(connection, conditions, batch_size):
+                    for row in rows:
+                        out.write(f"{row.id}\t{as_utc(row.timestamp).isoformat()}\t"
+                                  f"{row.event_type}\t{row.routing_key}\t{row.event_id}\n")
+                out.write(f"dry run: would replay {total} event(s) to {destination}\n")
+                return total
+            if total == 0:
+                out.write("nothing to replay\n")
+                return 0
+            check_destination(config, to_queue)
+            return _publish(config, connection, conditions, total, to_queue, destination, out,
+                            progress_stream, batch_size)
+    finally:
+        engine.dispose()
+
+
+def _publish(config, connection, conditions, total, to_queue, destination, out,
+             progress_stream, batch_size):
+    from services.kit.events import new_publisher  # the kit's ConfirmedPublisher, configured
+
+    options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL, as the relay does
+    replayed_at = datetime.now(timezone.utc).isoformat()
+    publisher = new_publisher(config)
+    progress = Progress(total, progress_stream)
+    published = unroutable = 0
+    try:
+        for rows in iter_events(connection, conditions, batch_size):
+            batch = [("", to_queue, replay_message(row, options, replayed_at)) if to_queue
+                     else (EVENTS_EXCHANGE, row.routing_key,
+                           replay_message(row, options, replayed_at))
+                     for row in rows]
+            try:
+                unroutable += len(publisher.publish_batch(batch))  # all confirmed, or raises
+            except (PublishFailed, OSError, amqp.exceptions.AMQPError) as exc:
+                raise ReplayError(
+                    f"publishing failed after {published} of {total} event(s) were confirmed: "
+                    f"{type(exc).__name__}: {exc}. Running the same replay again is safe: "
+                    f"consumers skip the events they already had") from None
+            published += len(rows)
+            progress.advance(len(rows))
+    finally:
+        progress.close()
+        publisher.close()
+    out.write(f"replayed {published} event(s) to {destination}\n")
+    if unroutable:
+        out.write(f"warning: {unroutable} of them reached no queue (nothing is bound to their "
+                  f"routing key)\n")
+    return published

@@ -1,0 +1,41 @@
+"""analytics: every event, once, in an append-only log, with aggregates kept beside it.
+
+    knowledge_nest_events --#--> [analytics.record_event] --> event_log row + aggregates
+                                                              (one transaction with the inbox)
+
+The RPC contract is docs/rpc.md; the rules are in commands.py. ``knowledge-nest replay`` reads
+this service's log to publish events again (services/analytics/replay.py).
+"""
+from nameko.rpc import rpc
+
+from services.analytics import commands
+from services.analytics.delivery import RoutingKey, record_event_handler
+from services.analytics.models import Base
+from services.kit import Database
+from services.kit.db import check_database
+from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
+
+
+class AnalyticsService:
+    name = "analytics"
+
+    db = Database(Base)
+    routing_key = RoutingKey()
+
+    @record_event_handler("#")  # every event: queue "analytics.record_event"
+    def record_event(self, event):
+        commands.record(self.db.session, event, self.routing_key)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_events(self, event_type=None, since=None, until=None, user_id=None, course_id=None,
+                    page=1, per_page=20):
+        return commands.list_events(self.db.session, event_type, since, until, user_id,
+                                    course_id, page, per_page)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def summary(self):
+        return commands.summary(self.db.session)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
+    def health(self):
+        return check_database(self.db.session, self.name)
