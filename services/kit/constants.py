@@ -24,6 +24,8 @@ HEADER_EXCEPTION = "x-exception-type"
 HEADER_ORIGINAL_ROUTING_KEY = "x-original-routing-key"
 HEADER_ORIGINAL_QUEUE = "x-original-queue"
 HEADER_FAILED_AT = "x-failed-at"
+# Set by `knowledge-nest replay`: the consumer checks its inbox before running the handler.
+HEADER_REPLAYED = "x-replayed"
 
 # Config keys (config.yml) and their defaults.
 PREFETCH_COUNT_CONFIG_KEY = "PREFETCH_COUNT"

@@ -53,7 +53,7 @@ from services.kit.constants import (
     DEFAULT_OUTBOX_BATCH_SIZE, DEFAULT_OUTBOX_POLL_INTERVAL, EVENTS_EXCHANGE,
     EXTRA_SUBSCRIPTIONS_CONFIG_KEY, HEADER_ATTEMPTS,
     HEADER_EXCEPTION, HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
-    HEADER_REASON, OUTBOX_BATCH_SIZE_CONFIG_KEY, OUTBOX_POLL_INTERVAL_CONFIG_KEY,
+    HEADER_REASON, HEADER_REPLAYED, OUTBOX_BATCH_SIZE_CONFIG_KEY, OUTBOX_POLL_INTERVAL_CONFIG_KEY,
     PREFETCH_COUNT_CONFIG_KEY,
 )
 from services.kit.db import Database, utcnow
@@ -325,16 +325,8 @@ class EventHandler(nameko_events.EventHandler):
             log.warning("not an event on %s: %s; parked in its DLQ", self.queue_name, exc)
             self._park(message, reason=str(exc), exception="InvalidEvent", attempts=0)
             return
-        try:
-            seen = self.database.has_processed(self.queue_name, event.event_id)
-        except Exception:  # database away: let the worker fail and retry the message
-            seen = False
-        if seen:
-            log.info("event %s already processed by %s; skipped", event.event_id,
-                     self.queue_name)
-            metrics.duplicate_skipped(self.container.service_name, self.queue_name,
-                                      event.event_type)
-            self.queue_consumer.ack_message(message)
+        if self._may_be_duplicate(message) and self._already_processed(event):
+            self._skip_duplicate(message, event)
             return
         try:
             self.container.spawn_worker(
@@ -343,11 +335,42 @@ class EventHandler(nameko_events.EventHandler):
         except ContainerBeingKilled:
             self.queue_consumer.requeue_message(message)
 
+    @staticmethod
+    def _may_be_duplicate(message):
+        """Worth an inbox lookup before the handler runs: seen before, retried, or replayed.
+
+        A first delivery skips the lookup (a SELECT per event, about a third of the cost of
+        handling one): a duplicate that arrives fresh (the relay republishing after a crash)
+        still has no effect, because its inbox record's primary key fails the commit.
+        """
+        headers = message.headers or {}
+        return bool(message.delivery_info.get("redelivered") or HEADER_ATTEMPTS in headers
+                    or HEADER_REPLAYED in headers)
+
+    def _already_processed(self, event):
+        try:
+            return self.database.has_processed(self.queue_name, event.event_id)
+        except Exception:  # database away: the worker fails and the message is retried
+            return False
+
+    def _rollback(self, worker_ctx):
+        """Roll the failed worker's transaction back: it frees SQLite's one connection."""
+        try:
+            self.database.worker_session(worker_ctx).rollback()
+        except Exception:
+            log.warning("rollback failed on %s", self.queue_name, exc_info=True)
+
+    def _skip_duplicate(self, message, event):
+        log.info("event %s already processed by %s; skipped", event.event_id, self.queue_name)
+        metrics.duplicate_skipped(self.container.service_name, self.queue_name,
+                                  event.event_type)
+        self.queue_consumer.ack_message(message)
+
     def handle_result(self, message, event, worker_ctx, result=None, exc_info=None):
         if exc_info is None:
             try:
                 if not self.database.commit_worker(worker_ctx, self.queue_name, event.event_id):
-                    log.info("event %s was processed concurrently by %s; skipped",
+                    log.info("event %s already processed by %s (inbox); skipped",
                              event.event_id, self.queue_name)
                     metrics.duplicate_skipped(self.container.service_name, self.queue_name,
                                               event.event_type)
@@ -364,7 +387,13 @@ class EventHandler(nameko_events.EventHandler):
             if exc_info is None:
                 self.queue_consumer.ack_message(message)
             else:
-                self._retry_or_park(message, exc_info[1])
+                self._rollback(worker_ctx)
+                if self._already_processed(event):
+                    # A duplicate whose handler tripped over its own earlier effect (a unique
+                    # key, say) before the inbox could tell at commit: skipped, not retried.
+                    self._skip_duplicate(message, event)
+                else:
+                    self._retry_or_park(message, exc_info[1])
         except Exception:
             log.exception("could not settle event %s on %s", event.event_id, self.queue_name)
             self._reject(message)
