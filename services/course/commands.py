@@ -73,12 +73,13 @@ def enroll(session, dispatch, user_id, course_id):
                     .execution_options(synchronize_session=False))
     dispatch("course.enrolled", {"enrollment_id": enrollment.id, "user_id": enrollment.user_id,
                                  "course_id": course.id, "course_title": course.title})
+    answer = EnrollmentSchema().dump(enrollment)  # before commit, which would expire and reload it
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
         raise Conflict(ALREADY_ENROLLED) from None
-    return EnrollmentSchema().dump(enrollment)
+    return answer
 
 
 def list_enrollments(session, user_id, page, per_page):
