@@ -26,10 +26,8 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/python -m services.kit.runner --config $(CONFIG)
 
-# F3 (a killed consumer subprocess) is left out of the full run until its failure there is
-# understood; `make test-faults` runs it.
 test: install
-	$(BIN)/pytest -m "not flaky_in_full_suite" $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
