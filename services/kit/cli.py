@@ -129,10 +129,21 @@ def read_new_password(args):
     return password
 
 
+def expiring_rpc_proxy(service_name, config, timeout):
+    """nameko's ServiceRpcProxy whose requests expire after ``timeout`` seconds: a request no
+    instance took in time is dropped by the broker, not run when the service comes back later."""
+    from nameko.rpc import ServiceProxy
+    from nameko.standalone.rpc import ServiceRpcProxy
+
+    proxy = ServiceRpcProxy(service_name, config, timeout=timeout)
+    proxy._proxy = ServiceProxy(proxy._worker_ctx, service_name, proxy._reply_listener,
+                                expiration=timeout)
+    return proxy
+
+
 def cmd_create_admin(args, config):
     from nameko.constants import AMQP_URI_CONFIG_KEY
     from nameko.exceptions import RpcTimeout, UnknownService
-    from nameko.standalone.rpc import ClusterRpcProxy
     from nameko.utils import sanitize_url
 
     from services.kit.errors import ServiceError  # registers the typed errors with nameko
@@ -144,10 +155,9 @@ def cmd_create_admin(args, config):
                    f"(make run, or nameko run --config {args.config} services.auth.service); "
                    f"nothing created")
     try:
-        # expiration: a request nobody took in time is dropped, not run when auth starts later
-        with ClusterRpcProxy(config, timeout=timeout, expiration=timeout) as cluster:
-            user = cluster.auth.register(email=args.email, password=password, name=args.name,
-                                         role="admin")
+        with expiring_rpc_proxy("auth", config, timeout) as auth:
+            user = auth.register(email=args.email, password=password, name=args.name,
+                                 role="admin")
     except (RpcTimeout, UnknownService):
         raise SystemExit(not_running)
     except ServiceError as exc:
