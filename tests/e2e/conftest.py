@@ -4,6 +4,7 @@ import requests
 from nameko.testing.utils import find_free_port
 
 from gateway.service import GatewayService
+from services.analytics.service import AnalyticsService
 from services.auth.service import AuthService
 from services.course.service import CourseService
 from services.notification.service import NotificationService
@@ -14,7 +15,8 @@ from tests.support.broker import wait_until
 CHEAP_HASHING = dict(PASSWORD_HASH_TIME_COST=1, PASSWORD_HASH_MEMORY_COST=1024,
                      PASSWORD_HASH_PARALLELISM=1)
 JWT_SECRET = "e2e-test-secret-0123456789-0123456789-abcdef"
-SERVICE_CLASSES = (AuthService, CourseService, ReviewService, NotificationService, GatewayService)
+SERVICE_CLASSES = (AuthService, CourseService, ReviewService, NotificationService, AnalyticsService,
+                   GatewayService)
 
 
 class Api:
@@ -55,7 +57,8 @@ def suite_config(services_config):
                         JWT_SECRET=JWT_SECRET, MAIL_BACKEND="log", MAIL_RETRY_INTERVAL=0.3,
                         HEALTH_TIMEOUT=5)
         settings.update(overrides)
-        return services_config("auth", "course", "review", "notification", **settings)
+        return services_config("auth", "course", "review", "notification", "analytics",
+                               **settings)
     return make
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PASSWORD = "correct horse battery staple"
-SERVICES = ("auth", "course", "review", "notification")
+SERVICES = ("auth", "course", "review", "notification", "analytics")
 
 
 def processes_in_group(pgid):

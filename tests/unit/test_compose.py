@@ -45,7 +45,7 @@ def test_broker_database_and_mail_catcher(compose):
     assert set(services["rabbitmq"]["ports"]) == {"127.0.0.1:5672:5672", "127.0.0.1:15672:15672"}
     assert services["postgres"]["image"].startswith("postgres:")
     init_sql = read("docker/postgres-init.sql")
-    for name in ("auth", "course", "review", "notification"):
+    for name in ("auth", "course", "review", "notification", "analytics"):
         assert f"CREATE DATABASE {name};" in init_sql
     assert "8025" in services["mailcatcher"]["ports"][0]
     for name in ("rabbitmq", "postgres"):
