@@ -19,8 +19,10 @@ Each replayed message carries ``x-replayed`` (when) and ``x-original-routing-key
 """
 import json
 import os
+import sqlite3
 import sys
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import amqp
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
@@ -67,7 +69,9 @@ def open_log(db_uri):
         if not path or path == ":memory:" or not os.path.isfile(path):
             raise ReplayError(f"no analytics database at {path!r}: has analytics run here? "
                               f"(knowledge-nest migrate analytics, then run the service)")
-        engine = create_engine(f"sqlite:///file:{os.path.abspath(path)}?mode=ro&uri=true")
+        location = f"file:{quote(os.path.abspath(path))}?mode=ro"  # SQLite refuses any write
+        engine = create_engine("sqlite://",
+                               creator=lambda: sqlite3.connect(location, uri=True))
     else:
         engine = create_engine(url, pool_pre_ping=True)
 
@@ -76,6 +80,7 @@ def open_log(db_uri):
             cursor = dbapi_connection.cursor()
             cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             cursor.close()
+            dbapi_connection.commit()  # a SET in a transaction rolled back would be undone
     try:
         has_log = inspect(engine).has_table(EventLog.__tablename__)
     except Exception as exc:

@@ -437,3 +437,18 @@ def test_create_admin_over_a_running_auth(container_factory, services_config, tm
     eventlet.sleep(2)
     with pytest.raises(Unauthorized):
         rpc(config, "auth", "authenticate", "late@example.com", password)
+
+
+def test_replay_opens_the_log_read_only(make_service_database, database_backend):
+    from services.analytics.replay import count_events, open_log, selection
+    engine = open_log(make_service_database("analytics", database_backend))
+    try:
+        with engine.connect() as connection:
+            assert count_events(connection, selection(datetime(2000, 1, 1,
+                                                               tzinfo=timezone.utc))) == 0
+        with engine.connect() as connection, pytest.raises(Exception,
+                                                           match="(?i)read.?only"):
+            connection.exec_driver_sql(
+                "INSERT INTO event_type_counts (event_type, count) VALUES ('x', 1)")
+    finally:
+        engine.dispose()
