@@ -131,7 +131,10 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
         while processes_in_group(pgid) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert processes_in_group(pgid) == [], output()
-        assert "Stopped services.auth.service" in output()
+        stopped = [line for line in output().splitlines() if line.startswith("Stopped ")]
+        assert stopped, output()
+        for name in SERVICES:
+            assert f"services.{name}.service" in stopped[-1]
         if database_backend == "sqlite":
             assert {f"{name}.db" for name in SERVICES} <= set(os.listdir(clone / "var"))
     finally:
