@@ -9,7 +9,9 @@
 """
 from datetime import date, datetime
 
-from sqlalchemy import JSON, BigInteger, Date, DateTime, Index, Integer, SmallInteger, String
+from sqlalchemy import (
+    JSON, BigInteger, Date, DateTime, Index, Integer, SmallInteger, String, Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit.db import BigId, InboxRecordMixin, utcnow
@@ -35,7 +37,7 @@ class EventLog(Base):
     event_type: Mapped[str] = mapped_column(String(255))
     # the routing key it was published with (a retried delivery's original one, not its queue's)
     routing_key: Mapped[str] = mapped_column(String(255))
-    source: Mapped[str | None] = mapped_column(String(255))
+    source: Mapped[str | None] = mapped_column(Text)  # the kit does not bound its length
     version: Mapped[int] = mapped_column(Integer)
     timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the event's, in UTC
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -357,3 +357,8 @@ def test_replay_command_line():
     assert (args.types, args.to_queue, args.dry_run) == (["a.b", "c.d"], "q", True)
     with pytest.raises(SystemExit, match="--since is not an ISO 8601"):
         cli.cmd_replay(cli.build_parser().parse_args(["replay", "--since", "nope"]), {})
+
+
+def test_a_long_source_is_kept_whole(session):
+    record_all(session, [event("user.registered", {"user_id": 1}, source="s" * 1000)])
+    assert commands.list_events(session)["items"][0]["source"] == "s" * 1000
