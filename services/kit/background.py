@@ -15,6 +15,7 @@ finish; ``kill()`` does not.
 """
 import logging
 
+import eventlet
 from eventlet.queue import Empty, Full, LightQueue
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 class BackgroundLoop:
     poll_interval = 2.0  # seconds between passes when nothing wakes the loop
+    # seconds to wait after a wake-up before the pass: wakes meanwhile join the same pass, so a
+    # burst is handled in one batch instead of one pass (and transaction) per wake
+    settle_delay = 0.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -64,6 +68,8 @@ class BackgroundLoop:
         while self._running:
             try:
                 self._wakeup.get(timeout=self.poll_interval)
+                if self.settle_delay and self._running:
+                    eventlet.sleep(self.settle_delay)
             except Empty:
                 pass
             try:

@@ -2,12 +2,13 @@
 
 A ``DependencyProvider`` with one background greenthread per service instance. It is woken
 right after each event handler's worker ends (its transaction has committed by then) and also
-sweeps every ``MAIL_RETRY_INTERVAL`` seconds. For each due notification it:
+sweeps every ``MAIL_RETRY_INTERVAL`` seconds. For each batch of due notifications (up to 20):
 
-1. claims it (one UPDATE: ``next_attempt_at`` moves a lease ahead, so another instance of the
-   service does not send it too) and commits;
-2. sends it through the mail backend, with no database transaction open;
-3. marks it ``sent`` with ``sent_at``; or, when the backend failed, keeps it ``pending`` with
+1. claims them (an UPDATE per row: ``next_attempt_at`` moves a lease ahead, so another instance
+   of the service does not send them too), one commit for the batch;
+2. sends each through the mail backend, with no database transaction open;
+3. marks the sent ones ``sent`` with ``sent_at`` (one UPDATE for the batch); for one the
+   backend failed on, keeps it ``pending`` with
    ``attempts`` + 1 and ``next_attempt_at`` = now + ``MAIL_RETRY_INTERVAL`` * 2^(attempts-1)
    (at most ``MAIL_MAX_RETRY_DELAY``), and marks it ``failed`` after ``MAIL_MAX_ATTEMPTS``
    tries (or at once when the server refused it for good, a 5xx).
@@ -34,7 +35,8 @@ DEFAULT_RETRY_INTERVAL = 5.0
 DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_MAX_RETRY_DELAY = 3600.0
 DEFAULT_LEASE = 300.0
-BATCH_SIZE = 100
+DEFAULT_BATCH_DELAY = 0.05
+BATCH_SIZE = 20  # claimed together; the lease covers sending all of them
 
 
 def retry_delay(attempts, interval, maximum):
@@ -55,10 +57,13 @@ class MailSender(BackgroundLoop, DependencyProvider):
         self.backend = backend_from_config(config)
         self.retry_interval = float(config.get("MAIL_RETRY_INTERVAL") or DEFAULT_RETRY_INTERVAL)
         self.poll_interval = self.retry_interval  # the sweep for mail that is due again
+        # mail can wait 50 ms: a burst of events is then claimed and marked sent in batches
+        self.settle_delay = float(config.get("MAIL_BATCH_DELAY", DEFAULT_BATCH_DELAY))
         self.max_attempts = int(config.get("MAIL_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
         self.max_retry_delay = float(config.get("MAIL_MAX_RETRY_DELAY")
                                      or DEFAULT_MAX_RETRY_DELAY)
-        self.lease = max(DEFAULT_LEASE, 3 * getattr(self.backend, "timeout", 0))
+        # a claimed batch must be sent before its lease ends, even if every send times out
+        self.lease = max(DEFAULT_LEASE, 2 * BATCH_SIZE * getattr(self.backend, "timeout", 0))
 
     def get_dependency(self, worker_ctx):
         return self
@@ -75,48 +80,59 @@ class MailSender(BackgroundLoop, DependencyProvider):
         """Send every notification that is due now; return how many were sent."""
         sent = 0
         while self._running or self._thread is None:
-            with self.database.Session() as session:
-                ids = session.execute(select(Notification.id).where(due(utcnow()))
-                                      .order_by(Notification.id).limit(BATCH_SIZE)
-                                      ).scalars().all()
-                session.rollback()
-            for notification_id in ids:
-                sent += bool(self.deliver(notification_id))
-            if len(ids) < BATCH_SIZE:
+            mails = self.claim_due()
+            delivered = []
+            for mail in mails:
+                try:
+                    self.backend.send(mail.email, mail.subject, mail.body)
+                except Exception as exc:
+                    self.record_failure(mail.id, mail, exc)
+                    continue
+                delivered.append(mail)
+            self.record_sent(delivered)
+            sent += len(delivered)
+            if len(mails) < BATCH_SIZE:
                 return sent
         return sent
 
-    def deliver(self, notification_id):
-        """Claim, send and record one notification; True if it was sent now."""
+    def claim_due(self):
+        """Claim up to BATCH_SIZE due notifications in one transaction; return their mails.
+
+        Each row is claimed by its own conditional UPDATE (``next_attempt_at`` moves a lease
+        ahead), so a row another instance claimed meanwhile is skipped (rowcount 0); rows are
+        taken in id order, so two instances never wait for each other's locks in a cycle.
+        """
         now = utcnow()
+        lease_until = now + timedelta(seconds=self.lease)
         with self.database.Session() as session:
-            claimed = session.execute(
+            ids = session.execute(select(Notification.id).where(due(now))
+                                  .order_by(Notification.id).limit(BATCH_SIZE)).scalars().all()
+            claimed = [notification_id for notification_id in ids if session.execute(
                 update(Notification).where(Notification.id == notification_id, due(now))
-                .values(next_attempt_at=now + timedelta(seconds=self.lease))
-                .execution_options(synchronize_session=False)).rowcount
-            if claimed != 1:  # sent or claimed by someone else meanwhile
-                session.rollback()
-                return False
-            mail = session.execute(
-                select(Notification.email, Notification.subject, Notification.body,
-                       Notification.attempts, Notification.kind)
-                .where(Notification.id == notification_id)).one()
+                .values(next_attempt_at=lease_until)
+                .execution_options(synchronize_session=False)).rowcount == 1]
+            mails = session.execute(
+                select(Notification.id, Notification.email, Notification.subject,
+                       Notification.body, Notification.attempts, Notification.kind)
+                .where(Notification.id.in_(claimed)).order_by(Notification.id)
+            ).all() if claimed else []
             session.commit()
+        return mails
 
-        try:
-            self.backend.send(mail.email, mail.subject, mail.body)
-        except Exception as exc:
-            self.record_failure(notification_id, mail, exc)
-            return False
-
+    def record_sent(self, mails):
+        """Mark the sent mails ``sent``: one UPDATE and one commit for the whole batch."""
+        if not mails:
+            return
         with self.database.Session() as session:
-            session.execute(update(Notification).where(Notification.id == notification_id)
-                            .values(status=SENT, sent_at=utcnow(), attempts=mail.attempts + 1,
+            session.execute(update(Notification)
+                            .where(Notification.id.in_([mail.id for mail in mails]))
+                            .values(status=SENT, sent_at=utcnow(),
+                                    attempts=Notification.attempts + 1,
                                     next_attempt_at=None, last_error=None)
                             .execution_options(synchronize_session=False))
             session.commit()
-        log.info("notification %s (%s) sent to %s", notification_id, mail.kind, mail.email)
-        return True
+        for mail in mails:
+            log.info("notification %s (%s) sent to %s", mail.id, mail.kind, mail.email)
 
     def record_failure(self, notification_id, mail, exc):
         attempts = mail.attempts + 1

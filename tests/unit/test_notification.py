@@ -296,6 +296,23 @@ def test_permanent_refusal_fails_at_once(engine, session):
     assert row(engine).status == "failed" and row(engine).attempts == 1
 
 
+def test_a_batch_is_claimed_together_and_one_failed_send_spares_the_others(engine, session):
+    from services.notification import sender as sender_module
+    for n in range(sender_module.BATCH_SIZE + 5):  # more than one batch
+        add_pending(session, event_id=f"e{n}", email=f"u{n}@example.com")
+    backend = FakeBackend([MailError("451 later")])  # the first send of the first batch fails
+    mail_sender = make_sender(engine, backend)
+
+    assert mail_sender.deliver_due() == sender_module.BATCH_SIZE + 4
+    with Session(engine) as check:
+        rows = {r.email: r for r in check.execute(select(Notification)).scalars()}
+    assert rows["u0@example.com"].status == "pending" and rows["u0@example.com"].attempts == 1
+    others = [r for email, r in rows.items() if email != "u0@example.com"]
+    assert all(r.status == "sent" and r.attempts == 1 and r.sent_at for r in others)
+    assert sorted(to for to, _, _ in backend.sent) == sorted(
+        f"u{n}@example.com" for n in range(1, sender_module.BATCH_SIZE + 5))
+
+
 def test_retry_delay_doubles_up_to_its_maximum():
     assert [retry_delay(n, 5, 60) for n in (1, 2, 3, 4, 5, 6)] == [5, 10, 20, 40, 60, 60]
 
