@@ -136,6 +136,8 @@ class Bench:
         from services.kit.migrations import upgrade
         for name in ("kit_src", "kit_sink"):
             kit_services.Base.metadata.create_all(create_engine(self.db_url(name)))
+        plain_services.NaiveNotifyBase.metadata.create_all(
+            create_engine(self.db_url("naive_notification")))
         engine = create_engine(self.db_url("naive_course"))
         plain_services.NaiveBase.metadata.create_all(engine)
         with engine.begin() as conn:
@@ -195,6 +197,11 @@ class Bench:
             ("naive_course", "bench.plain_services:NaiveCourseService",
              {"DB_URIS": {"naive_course:NaiveBase": self.db_url("naive_course")}},
              consumers("rpc-naive_course")),
+            ("naive_notification", "bench.plain_services:NaiveNotificationService",
+             {"DB_URIS": {"naive_notification:NaiveNotifyBase":
+                          self.db_url("naive_notification")}},
+             consumers("evt-naive_course-course.enrolled--naive_notification."
+                       "confirm_enrollment")),
             ("plain_web", "bench.plain_services:PlainWeb", web("plain_web"),
              procs.http_ok(self.urls["plain_web"] + "/")),
             ("kit_src", "bench.kit_services:KitSource",
@@ -240,6 +247,10 @@ class Bench:
 
     def notifications(self):
         with sqlite3.connect(os.path.join(self.tmp, "notification.db"), timeout=30) as conn:
+            return conn.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+
+    def naive_notifications(self):
+        with sqlite3.connect(os.path.join(self.tmp, "naive_notification.db"), timeout=30) as conn:
             return conn.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
 
     def wait_notifications(self, expected, timeout=120):
@@ -363,6 +374,9 @@ class Bench:
                 self.record("naive.enroll.c10.p99", percentile(lat, 99))
             if errors:
                 self.log(f"  naive enrollment: {errors} non-201 answers")
+            # its notifications are stored before our side starts (as ours are, below)
+            wait_for(lambda: self.naive_notifications() >= self.next_pair["naive"], 120,
+                     "naive notifications stored")
             with self.meter.phase(f"gateway enrollment, {clients} clients"):
                 ok, errors, seconds, lat = closed_loop(self.urls["gateway"], clients,
                                                        total // clients, self.enroll_gateway)

@@ -136,6 +136,33 @@ class NaiveCourseService:
         return result
 
 
+class NaiveNotifyBase(DeclarativeBase):
+    pass
+
+
+class NaiveNotification(NaiveNotifyBase):
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    course_id: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(200))
+
+
+class NaiveNotificationService:
+    """The enrollment's consumer, naively: nameko's @event_handler, one row, commit (no inbox:
+    a redelivery stores it twice). Runs during the naive phases as notification does during ours,
+    so that both sides do the whole job on the same 2 cores."""
+    name = "naive_notification"
+    session = WalDatabaseSession(NaiveNotifyBase, engine_options=SQLITE_ENGINE_OPTIONS)
+
+    @event_handler("naive_course", "course.enrolled")
+    def confirm_enrollment(self, payload):
+        self.session.add(NaiveNotification(
+            user_id=payload["user_id"], course_id=payload["course_id"],
+            subject=f"You are enrolled in {payload['course_title']}"))
+        self.session.commit()
+
+
 class PlainWeb:
     """nameko @http + one RPC call, and the naive enrollment's HTTP front."""
     name = "plain_web"

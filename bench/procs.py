@@ -88,8 +88,12 @@ class Service:
         self.log = open(self.log_path, "wb")
         command = [nameko_bin(), "run", "--config", path, *self.targets]
         if self.profile_to:  # sampled by pyinstrument; written when the service stops
-            command = [sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all",
-                       "-o", self.profile_to, "-m", "nameko", *command[1:]]
+            if os.environ.get("BENCH_CPROFILE"):
+                command = [sys.executable, "-m", "cProfile", "-o", self.profile_to,
+                           "-m", "nameko", *command[1:]]
+            else:
+                command = [sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all",
+                           "-o", self.profile_to, "-m", "nameko", *command[1:]]
         self.popen = subprocess.Popen(command,
                                       cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
         self.proc = psutil.Process(self.popen.pid)
