@@ -29,14 +29,12 @@ from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
 from sqlalchemy import create_engine, event, func, inspect, select
 
 from services.analytics.models import EventLog
-from services.kit import constants, topology
+from services.kit import topology
 from services.kit.amqp import PublishFailed, event_message, make_connection
-from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY
+# HEADER_REPLAYED: the kit's consumers look such an event up in their inbox before the handler
+from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REPLAYED
 from services.kit.db import database_uri, normalize_url
 
-# The kit's consumers look an event up in their inbox before running the handler when it is marked
-# as replayed (services/kit/constants.py; the literal is the fallback for an older kit).
-HEADER_REPLAYED = getattr(constants, "HEADER_REPLAYED", "x-replayed")
 BATCH_SIZE = 200
 SERVICE_NAME = "analytics"
 
