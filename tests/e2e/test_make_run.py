@@ -120,7 +120,10 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
                     if " auth [services.auth." in line and "origin=gateway.register." in line]
 
         assert wait_until(auth_logged, timeout=30, interval=0.5, message="auth's log line")
-        assert " notification [services.notification." in output(), output()[-6000:]
+        # the mail sender's line ("... sent to ..."), which comes MAIL_BATCH_DELAY after the commit
+        assert wait_until(lambda: " notification [services.notification." in output(),
+                          timeout=30, interval=0.2, message="notification's own log line"), \
+            output()[-6000:]
 
         suite = processes_in_group(pgid)
         assert any("nameko run" in command for _, command in suite), suite
