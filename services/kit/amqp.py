@@ -2,8 +2,10 @@
 
 nameko's publisher (and py-amqp's ``confirm_publish`` option) waits for the broker's confirm of
 each message before sending the next: one network round trip per event. The outbox relay sends a
-whole batch, then waits once for the confirms of all of it, which is several times faster and just
-as safe: a batch counts as published only when every message in it was acked.
+whole batch and waits once for the confirms of all of it, which is several times faster and just
+as safe: a batch counts as published only when every message in it was acked. It also sends the
+next batch before waiting for the previous one's confirms (``publish_nowait`` / ``wait_for``),
+so the broker is never idle while the relay reads or marks rows.
 """
 import logging
 import time
@@ -63,6 +65,7 @@ class ConfirmedPublisher:
         self._pending = set()
         self._nacked = set()
         self._returned = []
+        self._generation = 0
 
     def publish_batch(self, messages):
         """Publish ``[(exchange, routing_key, amqp.Message), ...]``; return once all are confirmed.
@@ -75,38 +78,71 @@ class ConfirmedPublisher:
         if not messages:
             return []
         for attempt in (1, 2):
+            idle = not self._pending
+            ticket = self.publish_nowait(messages)
             try:
-                self._publish_and_wait(messages)
-                break
+                return self.wait_for(ticket)
+            except (OSError, amqp.exceptions.ConnectionError,
+                    amqp.exceptions.RecoverableConnectionError):
+                # sent into a connection that had died while idle: one fresh try
+                if attempt == 2 or not idle:
+                    raise
+
+    def publish_nowait(self, messages):
+        """Publish a batch without waiting for its confirms; ``wait_for`` the returned ticket.
+
+        Lets a caller publish the next batch while the broker is still confirming this one.
+        Tickets are waited for in the order they were issued.
+        """
+        for attempt in (1, 2):
+            idle = not self._pending  # nothing of an earlier batch would be lost by a reconnect
+            try:
+                channel = self._ensure_channel()
+                first = self._next_tag
+                for exchange, routing_key, message in messages:
+                    channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
+                                          mandatory=True)
+                    self._pending.add(self._next_tag)
+                    self._next_tag += 1
+                return (self._generation, first, self._next_tag - 1)
             except (OSError, amqp.exceptions.ConnectionError,
                     amqp.exceptions.RecoverableConnectionError):
                 self.close()
                 # The connection may have died while idle (broker restart, closed by an
                 # operator): one fresh try. Messages of the failed try that did arrive are
                 # duplicates the consumers' inboxes absorb.
-                if attempt == 2:
+                if attempt == 2 or not idle:
                     raise
             except Exception:
                 self.close()
                 raise
-        if self._nacked:
-            raise PublishFailed(f"broker nacked {len(self._nacked)} message(s)")
-        return list(self._returned)
 
-    def _publish_and_wait(self, messages):
-        channel = self._ensure_channel()
-        self._nacked.clear()
-        self._returned.clear()
-        for exchange, routing_key, message in messages:
-            channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
-                                  mandatory=True)
-            self._pending.add(self._next_tag)
-            self._next_tag += 1
-        self._wait_for_confirms()
+    def wait_for(self, ticket):
+        """Wait until every message of ``ticket`` (and of earlier ones) is confirmed.
+
+        Returns what the broker returned as unroutable meanwhile; raises PublishFailed if one of
+        the ticket's messages was nacked, not confirmed in time, or its connection was lost.
+        """
+        generation, first, last = ticket
+        if generation != self._generation:
+            raise PublishFailed("the connection was lost before the broker confirmed the batch")
+        try:
+            self._wait_for_confirms(last)
+        except Exception:
+            self.close()
+            raise
+        nacked = {tag for tag in self._nacked if first <= tag <= last}
+        self._nacked -= nacked
+        returned, self._returned = self._returned, []
+        if nacked:
+            raise PublishFailed(f"broker nacked {len(nacked)} message(s)")
+        return returned
 
     def close(self):
         connection, self._connection, self._channel = self._connection, None, None
         self._pending.clear()
+        self._nacked.clear()
+        self._generation += 1  # tickets of this connection can no longer be confirmed
         if connection is not None:
             try:
                 connection.release()
@@ -127,9 +163,9 @@ class ConfirmedPublisher:
             self._pending.clear()
         return self._channel
 
-    def _wait_for_confirms(self):
+    def _wait_for_confirms(self, last):
         deadline = time.monotonic() + self.confirm_timeout
-        while self._pending:
+        while self._pending and min(self._pending) <= last:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PublishFailed(

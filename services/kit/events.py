@@ -149,43 +149,66 @@ class OutboxRelay(BackgroundLoop, SharedExtension):
         self.relay_pending()
 
     def relay_pending(self):
-        """Publish every unsent row, oldest first; return how many were published."""
-        model = self.database.outbox_model
+        """Publish every unsent row, oldest first; return how many were published.
+
+        Two batches are in flight at a time: batch k+1 is read and published while the broker
+        confirms batch k, then batch k is marked sent. Rows are marked only once confirmed; a
+        failure leaves the unconfirmed ones unsent for the next pass (consumers' inboxes absorb
+        the ones that did arrive).
+        """
         published = 0
+        in_flight = None  # (rows, ticket) published, not yet confirmed
+        after_id = 0
         while True:
-            with self.database.Session(close_on_exit=True) as session:
-                rows = session.execute(
-                    select(model.id, model.event_id, model.event_type, model.body, model.headers)
-                    .where(model.sent_at.is_(None)).order_by(model.id).limit(self.batch_size)
-                ).all()
-                backlog = len(rows) if len(rows) < self.batch_size else session.scalar(
-                    select(func.count()).select_from(model).where(model.sent_at.is_(None)))
-                metrics.outbox_backlog(self.container.service_name, backlog)
-                session.rollback()
+            rows = self._unsent_rows(after_id)
+            ticket = self.publisher.publish_nowait(self._messages(rows)) if rows else None
+            if in_flight is not None:
+                published += self._mark_sent_when_confirmed(*in_flight)
             if not rows:
                 return published
-            unroutable = self.publisher.publish_batch([
-                (EVENTS_EXCHANGE, row.event_type,
+            in_flight = (rows, ticket)
+            after_id = rows[-1].id
+            if len(rows) < self.batch_size:
+                return published + self._mark_sent_when_confirmed(*in_flight)
+
+    def _unsent_rows(self, after_id):
+        model = self.database.outbox_model
+        with self.database.Session(close_on_exit=True) as session:
+            rows = session.execute(
+                select(model.id, model.event_id, model.event_type, model.body, model.headers)
+                .where(model.sent_at.is_(None), model.id > after_id)
+                .order_by(model.id).limit(self.batch_size)
+            ).all()
+            backlog = len(rows) if len(rows) < self.batch_size else session.scalar(
+                select(func.count()).select_from(model).where(model.sent_at.is_(None)))
+            metrics.outbox_backlog(self.container.service_name, backlog)
+            session.rollback()
+        return rows
+
+    def _messages(self, rows):
+        return [(EVENTS_EXCHANGE, row.event_type,
                  event_message(row.body.encode("utf-8"), row.event_id, row.event_type,
                                self.container.service_name, headers=json.loads(row.headers),
                                **self.message_options(row.event_type)))
-                for row in rows])
-            for _, _, _, routing_key in unroutable:
-                # Not retried: the broker took it, and retrying would hold up every later event.
-                # Every subscription's queue is declared up front (topology.py), so this means
-                # that nobody subscribes to this event type.
-                log.error("event %r published, but no queue is bound to it: nobody will see it",
-                          routing_key)
-            # Confirmed: mark sent. A crash right here republishes them; inboxes absorb that.
-            with self.database.Session(close_on_exit=True) as session:
-                session.execute(update(model).where(model.id.in_([row.id for row in rows]))
-                                .values(sent_at=utcnow()))
-                session.commit()
-            for row in rows:
-                metrics.event_published(self.container.service_name, row.event_type)
-            published += len(rows)
-            if len(rows) < self.batch_size:
-                return published
+                for row in rows]
+
+    def _mark_sent_when_confirmed(self, rows, ticket):
+        unroutable = self.publisher.wait_for(ticket)
+        for _, _, _, routing_key in unroutable:
+            # Not retried: the broker took it, and retrying would hold up every later event.
+            # Every subscription's queue is declared up front (topology.py), so this means
+            # that nobody subscribes to this event type.
+            log.error("event %r published, but no queue is bound to it: nobody will see it",
+                      routing_key)
+        # Confirmed: mark sent. A crash right here republishes them; inboxes absorb that.
+        model = self.database.outbox_model
+        with self.database.Session(close_on_exit=True) as session:
+            session.execute(update(model).where(model.id.in_([row.id for row in rows]))
+                            .values(sent_at=utcnow()))
+            session.commit()
+        for row in rows:
+            metrics.event_published(self.container.service_name, row.event_type)
+        return len(rows)
 
 
 class EventDispatcher(nameko_events.EventDispatcher):

@@ -487,3 +487,31 @@ def test_event_nobody_subscribes_to_does_not_hold_up_the_outbox(container_factor
         create_note("heard")
     _, _, body = plain.get(queue)
     assert json.loads(body)["data"] == {"text": "heard"}
+
+
+def test_publisher_pipelines_batches_and_refuses_a_ticket_of_a_lost_connection(rabbit_config,
+                                                                                plain):
+    from services.kit.amqp import ConfirmedPublisher, PublishFailed, event_message
+    queue = plain.bind_queue("pipe.*")
+
+    def batch(tag, size=50):
+        return [(EVENTS_EXCHANGE, "pipe.sent",
+                 event_message(json.dumps({"n": n}).encode(), f"{tag}{n:031d}", "pipe.sent",
+                               "test"))
+                for n in range(size)]
+
+    publisher = ConfirmedPublisher(rabbit_config["AMQP_URI"], confirm_timeout=10)
+    try:
+        first = publisher.publish_nowait(batch("a"))
+        second = publisher.publish_nowait(batch("b"))  # before the first is confirmed
+        assert publisher.wait_for(first) == []
+        assert publisher.wait_for(second) == []
+        wait_until(lambda: plain.message_count(queue) == 100, message="both batches routed")
+
+        lost = publisher.publish_nowait(batch("c"))
+        publisher.close()  # its confirms can never come now
+        with pytest.raises(PublishFailed):
+            publisher.wait_for(lost)
+        assert publisher.publish_batch(batch("d", size=1)) == []  # a fresh connection
+    finally:
+        publisher.close()
