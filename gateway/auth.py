@@ -26,7 +26,7 @@ MIN_SECRET_BYTES = 32
 ALGORITHM = "HS256"
 ALGORITHMS = [ALGORITHM]
 DEFAULT_TTL_SECONDS = 3600
-ROLES = ("student", "instructor")
+ROLES = ("student", "instructor", "admin")  # admin: only from `knowledge-nest create-admin`
 MAX_TOKEN_CHARS = 4096
 
 
@@ -38,6 +38,10 @@ class Principal:
     @property
     def is_instructor(self):
         return self.role == "instructor"
+
+    @property
+    def is_admin(self):
+        return self.role == "admin"
 
 
 def check_secret(secret, environment):

@@ -38,6 +38,20 @@ PAGE_PARAMETERS = [
      "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PER_PAGE,
                 "default": schemas.DEFAULT_PER_PAGE}},
 ]
+EVENT_PARAMETERS = [
+    {"name": "type", "in": "query", "required": False,
+     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+     "description": "event type, e.g. course.enrolled"},
+    {"name": "since", "in": "query", "required": False,
+     "schema": {"type": "string", "format": "date-time"},
+     "description": "events at or after it (UTC when no offset is given)"},
+    {"name": "until", "in": "query", "required": False,
+     "schema": {"type": "string", "format": "date-time"}, "description": "events before it"},
+    {"name": "user_id", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_ID}},
+    {"name": "course_id", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_ID}},
+]
 BEARER = [{"bearerAuth": []}]
 PLAIN_ERRORS = {str(status): {"description": ERROR_DESCRIPTIONS[status], "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -85,7 +99,9 @@ def openapi_document():
             ("Review", schemas.ReviewSchema), ("ReviewPage", schemas.ReviewPageSchema),
             ("Notification", schemas.NotificationSchema),
             ("NotificationPage", schemas.NotificationPageSchema),
-            ("Health", schemas.HealthSchema), ("RegisterRequest", schemas.RegisterRequest),
+            ("Health", schemas.HealthSchema), ("LoggedEvent", schemas.LoggedEventSchema),
+            ("EventPage", schemas.EventPageSchema),
+            ("AnalyticsSummary", schemas.AnalyticsSummarySchema), ("RegisterRequest", schemas.RegisterRequest),
             ("LoginRequest", schemas.LoginRequest),
             ("CourseCreateRequest", schemas.CourseCreateRequest),
             ("ReviewCreateRequest", schemas.ReviewCreateRequest)]:
@@ -119,6 +135,14 @@ def openapi_document():
         "post": _operation("Review a course the signed-in user is enrolled in", 201, "Review",
                            body_errors + (401, 403, 404, 409), body="ReviewCreateRequest",
                            parameters=[COURSE_ID], secured=True, ok_description="Created")})
+    spec.path("/api/events", operations={"get": _operation(
+        "The event log (admins), newest first", 200, "EventPage", (400, 401, 403),
+        parameters=EVENT_PARAMETERS + PAGE_PARAMETERS, secured=True)})
+    spec.path("/api/analytics/summary", operations={"get": _operation(
+        "Aggregates of every event: registrations per day, enrollments per course, ratings, "
+        "events per minute", 200, "AnalyticsSummary", ())})
+    # Not documented here (not JSON): GET /dashboard (the live page) and GET /api/events/stream
+    # (text/event-stream, endless); see docs/dashboard.md.
     spec.path("/health", operations={"get": {
         "summary": "Broker, services and their databases",
         "responses": {"200": {"description": "All answer", **_json("Health")},

@@ -5,11 +5,13 @@ again (the password policy, for one, is the auth service's). Response schemas ar
 gateway dumps the services' answers through, so that nothing leaves that is not documented in
 the OpenAPI document generated from these same classes (``gateway/openapi.py``).
 """
+from datetime import timezone
+
 from marshmallow import Schema, fields, validate
 
 from services.kit.schemas import DEFAULT_PER_PAGE, MAX_PER_PAGE, StrictSchema
 
-ROLES = ("student", "instructor")
+ROLES = ("student", "instructor")  # what anyone may register as; admins come from the CLI
 MAX_ID = 2 ** 31 - 1  # ids are 32-bit integers in every service's database
 
 
@@ -49,6 +51,18 @@ class PageQuery(StrictSchema):
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=DEFAULT_PER_PAGE,
                               validate=validate.Range(min=1, max=MAX_PER_PAGE))
+
+
+class EventQuery(PageQuery):
+    """GET /api/events: filters of the analytics event log (all optional)."""
+    type = fields.String(validate=validate.Length(min=1, max=255),
+                         metadata={"description": "event type, e.g. course.enrolled"})
+    since = fields.AwareDateTime(default_timezone=timezone.utc, metadata={
+        "description": "ISO 8601; events at or after it (UTC when no offset is given)"})
+    until = fields.AwareDateTime(default_timezone=timezone.utc, metadata={
+        "description": "ISO 8601; events before it"})
+    user_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+    course_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -126,6 +140,50 @@ def _page_schema(item_schema, name):
 CoursePageSchema = _page_schema(CourseSchema, "CoursePageSchema")
 ReviewPageSchema = _page_schema(ReviewSchema, "ReviewPageSchema")
 NotificationPageSchema = _page_schema(NotificationSchema, "NotificationPageSchema")
+
+
+class LoggedEventSchema(ResponseSchema):
+    id = fields.Integer(required=True, metadata={"description": "position in the log"})
+    event_id = fields.String(required=True)
+    event_type = fields.String(required=True)
+    routing_key = fields.String(required=True, allow_none=True)
+    source = fields.String(required=True, allow_none=True)
+    version = fields.Integer(required=True)
+    timestamp = _datetime(required=True)
+    received_at = _datetime(required=True)
+    data = fields.Dict(required=True, keys=fields.String())
+
+
+EventPageSchema = _page_schema(LoggedEventSchema, "EventPageSchema")
+
+
+class DayCountSchema(ResponseSchema):
+    day = fields.String(required=True, metadata={"format": "date"})
+    count = fields.Integer(required=True)
+
+
+class CourseCountSchema(ResponseSchema):
+    course_id = fields.Integer(required=True)
+    course_title = fields.String(required=True, allow_none=True)
+    count = fields.Integer(required=True)
+
+
+class MinuteCountSchema(ResponseSchema):
+    minute = _datetime(required=True)
+    event_type = fields.String(required=True)
+    count = fields.Integer(required=True)
+
+
+class AnalyticsSummarySchema(ResponseSchema):
+    events_total = fields.Integer(required=True)
+    events_by_type = fields.Dict(required=True, keys=fields.String(), values=fields.Integer())
+    registrations_per_day = fields.List(fields.Nested(DayCountSchema), required=True)
+    enrollments_per_course = fields.List(fields.Nested(CourseCountSchema), required=True)
+    rating_distribution = fields.Dict(required=True, keys=fields.String(),
+                                      values=fields.Integer(), metadata={
+                                          "description": "\"1\" to \"5\": how many reviews"})
+    events_per_minute = fields.List(fields.Nested(MinuteCountSchema), required=True, metadata={
+        "description": "the last 60 minutes (UTC), per event type"})
 
 
 class ErrorSchema(ResponseSchema):

@@ -5,6 +5,7 @@ a service over RPC with a timeout, dump the answer. Errors become JSON in one ta
 (gateway/http.py).
 """
 import json
+import os
 
 import eventlet
 from kombu import Connection
@@ -14,6 +15,7 @@ from werkzeug.wrappers import Response
 from gateway import schemas
 from gateway.auth import TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
+from gateway.live import LiveFeed, stream
 from gateway.openapi import openapi_document
 from gateway.throttle import LoginThrottle
 from services.kit import metrics
@@ -21,7 +23,7 @@ from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unautho
 from services.kit.rpc import TimedRpcProxy
 
 ID = f"<int(min=1, max={schemas.MAX_ID}):course_id>"
-SERVICES = ("auth", "course", "review", "notification")
+SERVICES = ("auth", "course", "review", "notification", "analytics")
 DEFAULT_HEALTH_TIMEOUT = 2.0
 
 
@@ -43,6 +45,23 @@ def _load_body(request, schema_cls):
     return schema_cls().load_or_raise(_json_body(request))
 
 
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+DASHBOARD_ASSETS = {  # name -> content type; the page loads nothing from anywhere else
+    "dashboard.html": "text/html; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                 "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def _static(name):
+    with open(os.path.join(STATIC_DIR, name), "rb") as asset:
+        return Response(asset.read(), status=200, content_type=DASHBOARD_ASSETS[name],
+                        headers={"Cache-Control": "no-cache", "Content-Security-Policy":
+                                 DASHBOARD_CSP, "X-Content-Type-Options": "nosniff"})
+
+
 def _page_args(request):
     return schemas.PageQuery().load_or_raise(request.args.to_dict(flat=True),
                                              message="invalid query parameters")
@@ -55,11 +74,13 @@ class GatewayService:
     course = TimedRpcProxy("course")
     review = TimedRpcProxy("review")
     notification = TimedRpcProxy("notification")
+    analytics = TimedRpcProxy("analytics")
 
     tokens = TokenAuth()
     failed_logins = LoginThrottle()
     config = Config()
     http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
+    live = LiveFeed()  # every event, as it happens, for /api/events/stream
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -134,6 +155,47 @@ class GatewayService:
         page = _page_args(request)
         result = self.review.list_reviews(course_id, page["page"], page["per_page"])
         return json_response(schemas.ReviewPageSchema().dump(result))
+
+    # -- analytics and the live dashboard -----------------------------------------------------
+
+    @http("GET", "/api/events")
+    def list_events(self, request):
+        """The event log (admins): filter by type, time, user, course; newest first."""
+        principal = self.tokens.principal(request)
+        if not principal.is_admin:
+            raise Forbidden("only admins can read the event log")
+        args = schemas.EventQuery().load_or_raise(request.args.to_dict(flat=True),
+                                                  message="invalid query parameters")
+        result = self.analytics.list_events(
+            event_type=args.get("type"),
+            since=args["since"].isoformat() if "since" in args else None,
+            until=args["until"].isoformat() if "until" in args else None,
+            user_id=args.get("user_id"), course_id=args.get("course_id"),
+            page=args["page"], per_page=args["per_page"])
+        return json_response(schemas.EventPageSchema().dump(result))
+
+    @http("GET", "/api/analytics/summary")
+    def analytics_summary(self, request):
+        return json_response(schemas.AnalyticsSummarySchema().dump(self.analytics.summary()))
+
+    @http("GET", "/api/events/stream")
+    def event_stream(self, request):
+        """Server-sent events: each event as this gateway sees it (gateway/live.py)."""
+        subscription = self.live.subscribe()  # 503 beyond LIVE_MAX_STREAMS
+        # eventlet's WSGI server buffers a streamed body until 4 KiB by default: send each
+        # event as soon as it is yielded
+        request.environ["eventlet.minimum_write_chunk_size"] = 0
+        return Response(stream(self.live, subscription), status=200,
+                        content_type="text/event-stream; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @http("GET", "/dashboard")
+    def dashboard(self, request):
+        return _static("dashboard.html")
+
+    @http("GET", "/dashboard/<any(dashboard.js, dashboard.css):asset>")
+    def dashboard_asset(self, request, asset):
+        return _static(asset)
 
     # -- operations ------------------------------------------------------------------------
 

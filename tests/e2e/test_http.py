@@ -201,7 +201,8 @@ def test_health_names_every_dependency(api):
     assert body["checks"] == {
         "broker": "ok", "auth": "ok", "auth.database": "ok", "course": "ok",
         "course.database": "ok", "review": "ok", "review.database": "ok",
-        "notification": "ok", "notification.database": "ok"}
+        "notification": "ok", "notification.database": "ok", "analytics": "ok",
+        "analytics.database": "ok"}
 
 
 def test_openapi_document_is_served(api):

@@ -1,0 +1,192 @@
+"""Live events for the dashboard: every event, as it happens, to every open stream of this gateway.
+
+    knowledge_nest_events --#--> [gateway.live.<uuid>]  (one per gateway process: exclusive,
+                                  auto-delete, at most LIVE_QUEUE_LENGTH messages)
+        --> LiveEvents (a greenthread consuming it) --> each open /api/events/stream's buffer
+
+Each gateway process has its own queue, so with several gateway instances behind a load balancer
+every instance sees every event and any of them can serve a browser. This is a display: no
+inbox, no acks (the broker forgets an event once it is handed over), and a queue that vanishes
+with its process. The durable record of events is the analytics service's log.
+
+What a stream shows of an event is ``public_view``: its type, time, source, id, and the ids,
+titles and ratings in its data; never an email address or a person's name (``user.registered``
+carries both), because the dashboard and its stream are public, as is the summary they start from.
+"""
+import json
+import logging
+import uuid
+
+import eventlet
+from eventlet.queue import Empty, Full, LightQueue
+from kombu import Connection, Queue
+from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider, SharedExtension
+
+from services.kit.envelope import InvalidEvent, parse_event
+from services.kit.errors import ServiceUnavailable
+from services.kit.topology import events_exchange
+
+log = logging.getLogger(__name__)
+
+# Fields of an event's data a public page may show (ids, titles, ratings): no emails, no names.
+SHOWN_FIELDS = ("user_id", "course_id", "enrollment_id", "review_id", "instructor_id", "rating",
+                "has_comment", "title", "course_title")
+LIVE_QUEUE_LENGTH = 1000  # the broker drops the oldest beyond this if the gateway falls behind
+DEFAULT_BUFFER = 256  # events a slow browser may be behind before its oldest are dropped
+DEFAULT_MAX_STREAMS = 100
+HEARTBEAT_SECONDS = 15.0
+RECONNECT_SECONDS = 1.0
+
+
+def public_view(body, message_id=None, app_id=None):
+    """What the dashboard shows of an AMQP message, or None if it is not an event."""
+    try:
+        event = parse_event(body, message_id=message_id, app_id=app_id)
+    except InvalidEvent:
+        return None
+    return {"event_id": event.event_id, "event_type": event.event_type,
+            "timestamp": event.timestamp.isoformat(), "source": event.source,
+            "data": {key: event.data[key] for key in SHOWN_FIELDS if key in event.data}}
+
+
+def sse_message(view, event_id=None):
+    """One server-sent event (text/event-stream) carrying ``view`` as JSON."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append("event: event")
+    lines.append("data: " + json.dumps(view, separators=(",", ":"), default=str))
+    return "\n".join(lines) + "\n\n"
+
+
+class Subscription:
+    """One open stream's buffer: bounded; when full, the oldest event gives way to the newest."""
+
+    def __init__(self, size):
+        self.events = LightQueue(maxsize=size)
+        self.dropped = 0
+
+    def offer(self, view):
+        while True:
+            try:
+                self.events.put_nowait(view)
+                return
+            except Full:
+                try:
+                    self.events.get_nowait()
+                    self.dropped += 1
+                except Empty:
+                    pass
+
+    def next(self, timeout):
+        """The next event, or None after ``timeout`` seconds without one."""
+        try:
+            return self.events.get(timeout=timeout)
+        except Empty:
+            return None
+
+
+class LiveEvents(SharedExtension):
+    """The gateway process's consumer of every event, fanning them out to open streams."""
+
+    def __init__(self):
+        super().__init__()
+        self.subscriptions = set()
+        self.queue_name = f"gateway.live.{uuid.uuid4().hex}"
+        self.connected = eventlet.Event()  # tests (and /health-minded readers) can wait for it
+        self._running = False
+        self._thread = None
+
+    def setup(self):
+        config = self.container.config
+        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
+        self.ssl = config.get(AMQP_SSL_CONFIG_KEY)
+        self.buffer_size = int(config.get("LIVE_BUFFER", DEFAULT_BUFFER))
+        self.max_streams = int(config.get("LIVE_MAX_STREAMS", DEFAULT_MAX_STREAMS))
+
+    def start(self):
+        self._running = True
+        self._thread = self.container.spawn_managed_thread(self._consume,
+                                                           identifier="LiveEvents")
+
+    def stop(self):
+        self._running = False
+        if self._thread is not None:
+            self._thread.kill()
+
+    kill = stop
+
+    def subscribe(self):
+        if len(self.subscriptions) >= self.max_streams:
+            raise ServiceUnavailable(
+                f"this gateway already serves {self.max_streams} live streams (LIVE_MAX_STREAMS)")
+        subscription = Subscription(self.buffer_size)
+        self.subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription):
+        self.subscriptions.discard(subscription)
+
+    def publish(self, view):
+        for subscription in list(self.subscriptions):
+            subscription.offer(view)
+
+    def _on_message(self, message):
+        properties = message.properties or {}
+        view = public_view(message.body, message_id=properties.get("message_id"),
+                           app_id=properties.get("app_id"))
+        if view is not None:
+            self.publish(view)
+
+    def _consume(self):
+        while self._running:
+            try:
+                with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30,
+                                connect_timeout=5) as connection:
+                    queue = Queue(self.queue_name, exchange=events_exchange(), routing_key="#",
+                                  exclusive=True, auto_delete=True, durable=False,
+                                  queue_arguments={"x-max-length": LIVE_QUEUE_LENGTH})
+                    with connection.Consumer(queue, on_message=self._on_message, no_ack=True):
+                        if not self.connected.ready():
+                            self.connected.send(True)
+                        log.info("live events: consuming %s", self.queue_name)
+                        while self._running:
+                            try:
+                                connection.drain_events(timeout=1)
+                            except TimeoutError:
+                                connection.heartbeat_check()
+            except Exception as exc:  # broker away: try again, the dashboard just goes quiet
+                if self._running:
+                    log.warning("live events: %s: %s; reconnecting in %ss", type(exc).__name__,
+                                exc, RECONNECT_SECONDS)
+                    eventlet.sleep(RECONNECT_SECONDS)
+
+
+class LiveFeed(DependencyProvider):
+    """``self.live``: the process's LiveEvents (subscribe/unsubscribe)."""
+    live_events = LiveEvents()
+
+    def get_dependency(self, worker_ctx):
+        return self.live_events
+
+
+def stream(live, subscription, heartbeat=HEARTBEAT_SECONDS):
+    """The body of a text/event-stream response: events as they come, a comment when idle.
+
+    Runs after the worker has returned (werkzeug iterates it while writing the response), so
+    an open stream holds a connection and a greenthread, not one of the service's workers. The
+    subscription ends when the client goes away (the server closes this generator).
+    """
+    sequence = 0
+    try:
+        yield "retry: 2000\n\n"  # the browser reconnects after 2 s if the stream breaks
+        while True:
+            view = subscription.next(timeout=heartbeat)
+            if view is None:
+                yield f": alive, {subscription.dropped} dropped\n\n"
+                continue
+            sequence += 1
+            yield sse_message(view, sequence)
+    finally:
+        live.unsubscribe(subscription)
