@@ -142,8 +142,9 @@ class LiveEvents(SharedExtension):
     def _consume(self):
         while self._running:
             try:
-                with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30,
-                                connect_timeout=5) as connection:
+                with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30, connect_timeout=5,
+                                transport_options={"client_properties": {
+                                    "connection_name": self.queue_name}}) as connection:
                     queue = Queue(self.queue_name, exchange=events_exchange(), routing_key="#",
                                   exclusive=True, auto_delete=True, durable=False,
                                   queue_arguments={"x-max-length": LIVE_QUEUE_LENGTH})
@@ -155,7 +156,11 @@ class LiveEvents(SharedExtension):
                             try:
                                 connection.drain_events(timeout=1)
                             except TimeoutError:
-                                connection.heartbeat_check()
+                                pass
+                            # after every drain, not only when idle: under a steady stream of
+                            # events a drain never times out, and a client that sends no
+                            # heartbeat is cut off by the broker after two intervals
+                            connection.heartbeat_check()
             except Exception as exc:  # broker away: try again, the dashboard just goes quiet
                 if self._running:
                     log.warning("live events: %s: %s; reconnecting in %ss", type(exc).__name__,

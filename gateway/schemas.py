@@ -5,9 +5,10 @@ again (the password policy, for one, is the auth service's). Response schemas ar
 gateway dumps the services' answers through, so that nothing leaves that is not documented in
 the OpenAPI document generated from these same classes (``gateway/openapi.py``).
 """
+import re
 from datetime import timezone
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.kit.schemas import DEFAULT_PER_PAGE, MAX_PER_PAGE, StrictSchema
 
@@ -53,16 +54,43 @@ class PageQuery(StrictSchema):
                               validate=validate.Range(min=1, max=MAX_PER_PAGE))
 
 
+class UtcQueryDateTime(fields.AwareDateTime):
+    """ISO 8601 in a query string, loaded as an aware UTC datetime (UTC when no offset is given).
+
+    An unencoded ``+`` of an offset arrives as a space (``?since=2026-11-26T10:00:00+01:00``
+    typed into curl): read back as the ``+`` it was. A moment that has no UTC equivalent
+    (``0001-01-01T00:00:00+01:00``) is a 400 here, not an overflow in the analytics service.
+    """
+    SPACED_OFFSET = re.compile(r"^(.*T[0-9:.]+) ([0-9]{2}:?[0-9]{2})$")
+
+    def __init__(self, **kwargs):
+        super().__init__(default_timezone=timezone.utc, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = self.SPACED_OFFSET.sub(r"\1+\2", value.strip())
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            raise ValidationError("Out of range once converted to UTC.") from None
+
+
 class EventQuery(PageQuery):
     """GET /api/events: filters of the analytics event log (all optional)."""
     type = fields.String(validate=validate.Length(min=1, max=255),
                          metadata={"description": "event type, e.g. course.enrolled"})
-    since = fields.AwareDateTime(default_timezone=timezone.utc, metadata={
+    since = UtcQueryDateTime(metadata={
         "description": "ISO 8601; events at or after it (UTC when no offset is given)"})
-    until = fields.AwareDateTime(default_timezone=timezone.utc, metadata={
-        "description": "ISO 8601; events before it"})
+    until = UtcQueryDateTime(metadata={
+        "description": "ISO 8601; events before it (UTC when no offset is given)"})
     user_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
     course_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+
+    @validates_schema
+    def until_not_before_since(self, data, **kwargs):
+        if "since" in data and "until" in data and data["until"] < data["since"]:
+            raise ValidationError("Must not be before since.", "until")
 
 
 # -- responses -------------------------------------------------------------------------------

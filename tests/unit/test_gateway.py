@@ -18,10 +18,12 @@ from gateway.service import GatewayService
 from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized,
                                  ValidationError)
 
+PROXIES = ("auth", "course", "review", "notification", "analytics")
 SECRET = "unit-test-secret-that-is-long-enough-0123456789"
 USER = {"id": 7, "email": "ada@example.com", "name": "Ada", "role": "student",
         "created_at": "2026-11-26T10:00:00+00:00"}
 INSTRUCTOR = dict(USER, id=8, email="grace@example.com", role="instructor")
+ADMIN = dict(USER, id=1, email="admin@example.com", role="admin")
 COURSE = {"id": 3, "title": "Python", "description": "Basics", "instructor_id": 8,
           "created_at": "2026-11-26T10:00:00+00:00", "rating_average": None,
           "rating_count": 0, "enrollment_count": 0}
@@ -37,15 +39,15 @@ def gateway(container_factory, web_config, web_config_port):
                       LOGIN_MAX_FAILURES=3, LOGIN_FAILURE_WINDOW_SECONDS=60)
         config.update(overrides)
         container = container_factory(GatewayService, config)
-        mocks = replace_dependencies(container, "auth", "course", "review", "notification")
+        mocks = replace_dependencies(container, *PROXIES)
         # replace_dependencies leaves the proxies' shared reply listener (and its queue
         # consumer) behind; they would try to reach a broker.
         container.subextensions = SpawningSet(
             extension for extension in container.subextensions
             if not isinstance(extension, (ReplyListener, QueueConsumer)))
         container.start()
-        return f"http://127.0.0.1:{web_config_port}", dict(
-            zip(("auth", "course", "review", "notification"), mocks))
+        start.container = container
+        return f"http://127.0.0.1:{web_config_port}", dict(zip(PROXIES, mocks))
 
     return start
 
@@ -397,3 +399,145 @@ def test_a_service_error_during_login_is_not_a_failed_login(api):
     mocks["auth"].authenticate.return_value = USER
     assert requests.post(f"{base}/api/auth/login", json={
         "email": "ada@example.com", "password": "right"}).status_code == 200
+
+
+# -- the event log, the summary, the dashboard -----------------------------------------------
+
+LOGGED = {"id": 4, "event_id": "e" * 32, "event_type": "course.enrolled",
+          "routing_key": "course.enrolled", "source": "course", "version": 1,
+          "timestamp": "2026-11-26T10:00:00+00:00", "received_at": "2026-11-26T10:00:01+00:00",
+          "data": {"enrollment_id": 1, "user_id": 7, "course_id": 3, "course_title": "Python"}}
+SUMMARY = {"events_total": 3, "events_by_type": {"user.registered": 2, "course.created": 1},
+           "registrations_per_day": [{"day": "2026-11-26", "count": 2}],
+           "enrollments_per_course": [{"course_id": 3, "course_title": "Python", "count": 0}],
+           "rating_distribution": {"1": 0, "2": 0, "3": 0, "4": 0, "5": 0},
+           "events_per_minute": [{"minute": "2026-11-26T10:00:00+00:00",
+                                  "event_type": "user.registered", "count": 2}]}
+
+
+def test_the_event_log_is_for_admins_only(api):
+    base, mocks = api
+    mocks["analytics"].list_events.return_value = {"items": [LOGGED], "page": 1, "per_page": 20,
+                                                   "total": 1}
+    assert_error(requests.get(f"{base}/api/events"), 401, "unauthorized")
+    for user in (USER, INSTRUCTOR):
+        assert_error(requests.get(f"{base}/api/events", headers=bearer(token_for(user))),
+                     403, "forbidden")
+    mocks["analytics"].list_events.assert_not_called()
+    response = requests.get(f"{base}/api/events", headers=bearer(token_for(ADMIN)))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"items": [LOGGED], "page": 1, "per_page": 20, "total": 1}
+    mocks["analytics"].list_events.assert_called_once_with(
+        event_type=None, since=None, until=None, user_id=None, course_id=None, page=1,
+        per_page=20)
+
+
+def test_event_log_filters_are_passed_on_with_times_in_utc(api):
+    base, mocks = api
+    mocks["analytics"].list_events.return_value = {"items": [], "page": 2, "per_page": 5,
+                                                   "total": 0}
+    # "+01:00" typed unencoded in a URL arrives as " 01:00": read as the offset it was
+    response = requests.get(
+        f"{base}/api/events?type=course.enrolled&since=2026-11-26T10:00:00+01:00"
+        "&until=2026-11-27T00:00:00Z&user_id=7&course_id=3&page=2&per_page=5",
+        headers=bearer(token_for(ADMIN)))
+    assert response.status_code == 200, response.text
+    mocks["analytics"].list_events.assert_called_once_with(
+        event_type="course.enrolled", since="2026-11-26T09:00:00+00:00",
+        until="2026-11-27T00:00:00+00:00", user_id=7, course_id=3, page=2, per_page=5)
+
+
+@pytest.mark.parametrize("params, fields", [
+    ({"since": "yesterday", "page": "0"}, {"since", "page"}),
+    ({"until": "2026-13-01T00:00:00Z"}, {"until"}),
+    ({"since": "2026-11-26T10:00:00Z", "until": "2026-11-26T09:00:00Z"}, {"until"}),
+    ({"since": "0001-01-01T00:00:00+01:00"}, {"since"}),  # no UTC equivalent
+    ({"user_id": "abc", "course_id": "0"}, {"user_id", "course_id"}),
+    ({"per_page": "101", "type": ""}, {"per_page", "type"}),
+    ({"colour": "red"}, {"colour"}),
+])
+def test_bad_event_log_filters_are_400_naming_them(api, params, fields):
+    base, mocks = api
+    body = assert_error(requests.get(f"{base}/api/events", params=params,
+                                     headers=bearer(token_for(ADMIN))), 400, "validation_error")
+    assert set(body["fields"]) == fields
+    mocks["analytics"].list_events.assert_not_called()
+
+
+def test_analytics_errors_keep_their_status(api):
+    base, mocks = api
+    mocks["analytics"].list_events.side_effect = ValidationError(
+        "invalid arguments", {"until": ["must not be before since"]})
+    body = assert_error(requests.get(f"{base}/api/events", headers=bearer(token_for(ADMIN))),
+                        400, "validation_error")
+    assert body["fields"] == {"until": ["must not be before since"]}
+    mocks["analytics"].summary.side_effect = ServiceUnavailable("analytics did not answer")
+    assert_error(requests.get(f"{base}/api/analytics/summary"), 503, "service_unavailable")
+
+
+def test_the_summary_is_public(api):
+    base, mocks = api
+    mocks["analytics"].summary.return_value = SUMMARY
+    response = requests.get(f"{base}/api/analytics/summary")
+    assert response.status_code == 200 and response.json() == SUMMARY
+
+
+def test_the_dashboard_loads_nothing_from_elsewhere(api):
+    base, _ = api
+    page = requests.get(f"{base}/dashboard")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset, content_type in (("dashboard.js", "text/javascript"),
+                                ("dashboard.css", "text/css")):
+        assert f'"/dashboard/{asset}"' in page.text
+        response = requests.get(f"{base}/dashboard/{asset}")
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith(content_type)
+        assert "http://" not in response.text and "https://" not in response.text
+    assert "http://" not in page.text and "https://" not in page.text
+    assert_error(requests.get(f"{base}/dashboard/other.js"), 404, "not_found")
+
+
+def _live_events(container):
+    from gateway.live import LiveFeed
+    feed = next(ext for ext in container.extensions if isinstance(ext, LiveFeed))
+    return feed.live_events
+
+
+def test_open_streams_hold_no_worker_and_get_each_event_at_once(gateway):
+    base, mocks = gateway(max_workers=1)
+    live = _live_events(gateway.container)
+    mocks["analytics"].summary.return_value = SUMMARY
+    streams = [requests.get(f"{base}/api/events/stream", stream=True, timeout=5)
+               for _ in range(2)]
+    try:
+        for response in streams:
+            assert response.status_code == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+        # two open streams and one worker: the gateway still answers
+        assert requests.get(f"{base}/api/analytics/summary", timeout=5).status_code == 200
+        assert len(live.subscriptions) == 2
+        view = {"event_id": "a" * 32, "event_type": "user.registered",
+                "timestamp": "2026-11-26T10:00:00+00:00", "source": "auth",
+                "data": {"user_id": 7}}
+        live.publish(view)
+        for response in streams:
+            with eventlet.Timeout(2):  # not held back in a server-side buffer
+                lines = response.iter_lines(decode_unicode=True)
+                assert next(lines) == "retry: 2000"
+                data = next(line for line in lines if line.startswith("data: "))
+            assert json.loads(data[len("data: "):]) == view
+    finally:
+        for response in streams:
+            response.close()
+
+
+def test_streams_beyond_the_limit_are_503(gateway):
+    base, _ = gateway(LIVE_MAX_STREAMS=1)
+    first = requests.get(f"{base}/api/events/stream", stream=True, timeout=5)
+    try:
+        assert first.status_code == 200
+        assert_error(requests.get(f"{base}/api/events/stream", timeout=5), 503,
+                     "service_unavailable")
+    finally:
+        first.close()
