@@ -50,12 +50,12 @@ def public_view(body, message_id=None, app_id=None):
             "data": {key: event.data[key] for key in SHOWN_FIELDS if key in event.data}}
 
 
-def sse_message(view, event_id=None):
-    """One server-sent event (text/event-stream) carrying ``view`` as JSON."""
+def sse_message(view, event_id=None, event="event"):
+    """One server-sent event (text/event-stream) of type ``event`` carrying ``view`` as JSON."""
     lines = []
     if event_id is not None:
         lines.append(f"id: {event_id}")
-    lines.append("event: event")
+    lines.append(f"event: {event}")
     lines.append("data: " + json.dumps(view, separators=(",", ":"), default=str))
     return "\n".join(lines) + "\n\n"
 
@@ -184,10 +184,14 @@ def stream(live, subscription, heartbeat=HEARTBEAT_SECONDS):
     subscription ends when the client goes away (the server closes this generator).
     """
     sequence = 0
+    reported = 0  # events dropped from this stream's buffer that the client was told about
     try:
         yield "retry: 2000\n\n"  # the browser reconnects after 2 s if the stream breaks
         while True:
             view = subscription.next(timeout=heartbeat)
+            if subscription.dropped > reported:  # the client fell behind: say how far
+                reported = subscription.dropped
+                yield sse_message({"dropped": reported}, event="dropped")
             if view is None:
                 yield f": alive, {subscription.dropped} dropped\n\n"
                 continue

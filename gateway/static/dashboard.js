@@ -31,6 +31,7 @@ function renderChart() {
   const minutes = [];
   for (let i = MINUTES - 1; i >= 0; i--) minutes.push(now - i * 60000);
   const values = minutes.map((m) => perMinute.get(m) || 0);
+  canvas.dataset.values = values.join(",");  // what is drawn, oldest minute first (and tests)
   const top = Math.max(5, ...values);
   ctx.clearRect(0, 0, width, height);
   ctx.fillStyle = "#6b7385";
@@ -96,7 +97,10 @@ async function loadSummary() {
     const response = await fetch("/api/analytics/summary");
     if (!response.ok) throw new Error(response.status);
     const summary = await response.json();
+    // The summary replaces what the stream counted while it loaded (those events are in it, or
+    // analytics is a moment behind): counted once, never twice.
     Object.assign(counts, summary.events_by_type);
+    perMinute.clear();
     for (const item of summary.events_per_minute) {
       const minute = minuteOf(new Date(item.minute));
       perMinute.set(minute, (perMinute.get(minute) || 0) + item.count);
@@ -108,11 +112,21 @@ async function loadSummary() {
   renderChart();
 }
 
+let dropped = 0;  // events this page missed because it fell behind (the gateway says how many)
+
+function liveStatus() {
+  setStatus("live", dropped ? `live (${dropped} missed: this page fell behind)` : "live");
+}
+
 function follow() {
   const source = new EventSource("/api/events/stream");
-  source.onopen = () => setStatus("live", "live");
+  source.onopen = () => { dropped = 0; liveStatus(); };
   source.onerror = () => setStatus("down", "reconnecting…");
   source.addEventListener("event", (message) => onEvent(JSON.parse(message.data)));
+  source.addEventListener("dropped", (message) => {
+    dropped = JSON.parse(message.data).dropped;
+    liveStatus();
+  });
 }
 
 // Follow first, so that nothing published while the summary loads is missed on the page.

@@ -65,3 +65,18 @@ def test_streams_beyond_the_limit_are_refused_with_503():
     live.subscribe()
     with pytest.raises(ServiceUnavailable):
         live.subscribe()
+
+
+def test_a_stream_that_fell_behind_is_told_how_many_events_it_missed():
+    live = LiveEvents()
+    live.max_streams, live.buffer_size = 2, 2
+    subscription = live.subscribe()
+    body = stream(live, subscription, heartbeat=0.01)
+    assert next(body) == "retry: 2000\n\n"
+    for n in range(5):  # the client reads nothing meanwhile: 3 give way
+        live.publish({"n": n})
+    assert next(body) == 'event: dropped\ndata: {"dropped":3}\n\n'
+    assert next(body) == sse_message({"n": 3}, 1)
+    assert next(body) == sse_message({"n": 4}, 2)  # no second notice for the same loss
+    assert next(body).startswith(": alive, 3 dropped")
+    body.close()
