@@ -9,8 +9,10 @@ so the broker is never idle while the relay reads or marks rows.
 """
 import logging
 import time
+from contextlib import contextmanager
 
 import amqp
+from amqp import method_framing
 from kombu import Connection
 
 from services.kit.constants import CONTENT_ENCODING, CONTENT_TYPE
@@ -44,6 +46,33 @@ def event_message(body, event_id, event_type, source, headers=None, priority=Non
     if expiration is not None:
         properties["expiration"] = str(expiration)
     return amqp.Message(body, **properties)
+
+
+class _FrameBuffer:
+    """A stand-in transport that keeps what py-amqp writes."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, frame):
+        self.data += frame  # copies: py-amqp reuses the buffer it hands over
+
+
+@contextmanager
+def _one_write(connection):
+    """The frames of every message published inside go to the socket in one write at the end.
+
+    py-amqp writes each message with its own ``sendall``; under eventlet each is a green socket
+    call, and for a batch of hundreds they, not the broker, set the pace.
+    """
+    frames = _FrameBuffer()
+    real_writer = connection.frame_writer
+    connection.frame_writer = method_framing.frame_writer(connection, frames)
+    try:
+        yield
+    finally:
+        connection.frame_writer = real_writer
+    connection.transport.write(bytes(frames.data))
 
 
 class ConfirmedPublisher:
@@ -99,11 +128,12 @@ class ConfirmedPublisher:
             try:
                 channel = self._ensure_channel()
                 first = self._next_tag
-                for exchange, routing_key, message in messages:
-                    channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
-                                          mandatory=True)
-                    self._pending.add(self._next_tag)
-                    self._next_tag += 1
+                with _one_write(self._connection.connection):
+                    for exchange, routing_key, message in messages:
+                        channel.basic_publish(message, exchange=exchange,
+                                              routing_key=routing_key, mandatory=True)
+                        self._pending.add(self._next_tag)
+                        self._next_tag += 1
                 return (self._generation, first, self._next_tag - 1)
             except (OSError, amqp.exceptions.ConnectionError,
                     amqp.exceptions.RecoverableConnectionError):
