@@ -47,12 +47,11 @@ def parse_moment(value, name):
     """An ISO 8601 string as an aware UTC datetime (no offset: UTC); ReplayError naming ``name``."""
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
+        return (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None
+                else moment.astimezone(timezone.utc))
+    except (AttributeError, ValueError, OverflowError):  # Overflow: before 0001-01-01 in UTC
         raise ReplayError(f"{name} is not an ISO 8601 date and time: {value!r} "
                           f"(e.g. 2026-11-26T10:00:00Z)") from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 def as_utc(moment):

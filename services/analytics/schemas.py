@@ -18,7 +18,10 @@ class IsoDateTime(fields.DateTime):
         parsed = super()._deserialize(value.strip().replace("Z", "+00:00"), attr, data, **kwargs)
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=timezone.utc)
-        return parsed.astimezone(timezone.utc)
+        try:
+            return parsed.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
 def optional_id():

@@ -168,6 +168,7 @@ def test_list_events_filters_pages_and_orders_newest_first(session):
     ("since", {"since": 12345}),
     ("until", {"until": "2026-13-01T00:00:00"}),
     ("until", {"since": "2026-11-27T00:00:00Z", "until": "2026-11-26T00:00:00Z"}),
+    ("since", {"since": "0001-01-01T00:00:00+01:00"}),  # before the first UTC moment
     ("user_id", {"user_id": "7"}),
     ("user_id", {"user_id": 0}),
     ("course_id", {"course_id": 1.5}),
@@ -298,9 +299,10 @@ def test_replay_times_are_iso_8601_and_utc_without_an_offset(value, expected):
     assert replay.parse_moment(value, "--since") == expected
 
 
-def test_a_bad_replay_time_names_the_option():
+@pytest.mark.parametrize("value", ["last tuesday", "0001-01-01T00:00:00+01:00"])
+def test_a_bad_replay_time_names_the_option(value):
     with pytest.raises(replay.ReplayError, match="--until is not an ISO 8601"):
-        replay.parse_moment("last tuesday", "--until")
+        replay.parse_moment(value, "--until")
 
 
 def test_progress_bar():
