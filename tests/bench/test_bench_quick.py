@@ -3,7 +3,6 @@
 Never a speed assertion: the numbers depend on the machine and on what else runs on it.
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 pytest.importorskip("psutil", reason="the [bench] extra (make bench installs it)")
 
 from bench.harness import ROW_KEYS  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,9 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.mark.timeout(240)
 def test_quick_harness_fills_every_row(tmp_path):
     # a subprocess: the harness is plain threads, the test session is monkey-patched by eventlet
-    completed = subprocess.run(
+    completed = processes.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path), "--notes", ""],
-        cwd=ROOT, capture_output=True, text=True, timeout=230)
+        cwd=ROOT, timeout=230)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     import json

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 
@@ -18,6 +17,7 @@ from nameko.testing.utils import find_free_port
 
 from gateway.service import GatewayService
 from tests.e2e.conftest import SERVICE_CLASSES, Api
+from tests.support import processes
 from tests.support.broker import wait_until
 
 pytestmark = pytest.mark.integration
@@ -37,8 +37,7 @@ def create_admin(config, tmp_path, email="admin@example.com"):
     command = [os.path.join(os.path.dirname(sys.executable), "knowledge-nest"),
                "--config", str(path), "create-admin", "--email", email, "--name", "Site Admin",
                "--password-stdin"]
-    done = subprocess.run(command, input=PASSWORD + "\n", capture_output=True, text=True,
-                          timeout=120)
+    done = processes.run(command, input=PASSWORD + "\n", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return email
 

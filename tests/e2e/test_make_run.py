@@ -9,7 +9,6 @@ clone would repoint it at a temporary directory).
 """
 import os
 import signal
-import subprocess
 import sys
 import time
 from urllib.parse import urlparse
@@ -18,6 +17,7 @@ import pytest
 import requests
 from nameko.testing.utils import find_free_port
 
+from tests.support import processes
 from tests.support.broker import wait_until
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def processes_in_group(pgid):
 @pytest.fixture
 def clone(tmp_path):
     path = tmp_path / "knowledge-nest"
-    subprocess.run(["git", "clone", "--quiet", ROOT, str(path)], check=True, timeout=120)
+    processes.run(["git", "clone", "--quiet", ROOT, str(path)], check=True, timeout=120)
     return path
 
 
@@ -71,9 +71,9 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
             env[f"{name.upper()}_DATABASE_URL"] = make_database_url("postgresql")
     log_path = tmp_path / "make-run.log"
     with open(log_path, "wb") as log_file:
-        make = subprocess.Popen(
+        make = processes.Popen(
             ["make", "-o", os.path.join(venv, ".installed"), "run", f"VENV={venv}"],
-            cwd=clone, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=clone, env=env, stdout=log_file, stderr=processes.STDOUT,
             start_new_session=True)  # its own process group, as in a terminal
     pgid = make.pid
     base = f"http://127.0.0.1:{port}"
@@ -129,7 +129,7 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
         assert any("nameko run" in command for _, command in suite), suite
 
         os.killpg(pgid, signal.SIGINT)  # Ctrl-C in the terminal
-        make.wait(timeout=120)
+        processes.wait(make, timeout=120)
         deadline = time.monotonic() + 30
         while processes_in_group(pgid) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -144,4 +144,4 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
         if processes_in_group(pgid):
             os.killpg(pgid, signal.SIGKILL)
         if make.poll() is None:
-            make.wait(timeout=30)
+            processes.wait(make, timeout=30)

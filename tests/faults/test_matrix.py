@@ -173,11 +173,9 @@ def _kill_when(process, database_path, count, kill_signal):
 def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_path):
     import os
     import signal
-    # The original (not green) subprocess: green Popen reads its exec-error pipe through the
-    # hub, which fails when that fd number still has a stale listener from a closed socket
-    # ("Second simultaneous read on fileno N", seen once in a full run).
-    subprocess = eventlet.patcher.original("subprocess")
     import sys
+
+    from tests.support import processes  # not eventlet's green Popen: see there
 
     from tests.faults.conftest import ROOT, notification_count
     ledger = fault_suite(with_notification=False)
@@ -190,13 +188,13 @@ def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_p
     command = [os.path.join(os.path.dirname(sys.executable), "nameko"), "run", "--config",
                str(config_file), "services.notification.service"]
     database_path = ledger.notification_db.split("///", 1)[1]
-    processes = []
+    started = []
 
     def start():
-        log = open(tmp_path / f"notification-{len(processes)}.log", "wb")
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        processes.append(process)
+        log = open(tmp_path / f"notification-{len(started)}.log", "wb")
+        process = processes.Popen(command, cwd=ROOT, stdout=log, stderr=processes.STDOUT,
+                                  start_new_session=True)
+        started.append(process)
         return process
 
     def log_tail():
@@ -213,7 +211,7 @@ def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_p
                 break
             eventlet.sleep(1)
         assert outcome["killed"], f"the consumer process exited by itself:\n{log_tail()}"
-        first.wait(timeout=30)
+        processes.wait(first, timeout=30)
         assert first.returncode == -signal.SIGKILL
         handled_at_kill = notification_count(ledger)
         assert handled_at_kill < 300, f"it finished before the kill:\n{log_tail()}"
@@ -226,12 +224,12 @@ def test_f3_consumer_process_killed_with_sigkill_mid_handling(fault_suite, tmp_p
         numbers = ledger.wait_settled(timeout=120)
         numbers["duplicates_absorbed"] += max(0, redelivered_done)
     finally:
-        for process in processes:
+        for process in started:
             if process.poll() is None:
                 process.terminate()
                 try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
+                    processes.wait(process, timeout=30)
+                except processes.TimeoutExpired:
                     process.kill()
                     process.wait()
     check_and_record("F3", f"a `nameko run` notification process SIGKILLed mid-backlog of 300 "

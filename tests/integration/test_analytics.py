@@ -3,7 +3,6 @@ the log holds every event once, the aggregates add up, ``knowledge-nest replay``
 consumer's state and doubles nothing in the others, and ``knowledge-nest create-admin`` creates an
 admin through a running auth service."""
 import json
-import subprocess
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -22,6 +21,7 @@ from services.kit import Database, event_handler
 from services.kit.db import BigId, InboxRecordMixin, normalize_url
 from services.kit.errors import Conflict, Unauthorized, ValidationError
 from services.kit.metrics import EVENTS_DUPLICATES
+from tests.support import processes
 from tests.support.broker import PlainClient, wait_until
 
 pytestmark = pytest.mark.integration
@@ -166,9 +166,8 @@ def cli(config, tmp_path, *args, stdin=None, timeout=120):
     path = tmp_path / f"config-{uuid.uuid4().hex[:8]}.yml"
     path.write_text(yaml.safe_dump({key: value for key, value in config.items()
                                     if key != "LOGGING"}))
-    return subprocess.run([sys.executable, "-m", "services.kit.cli", "--config", str(path),
-                           *args], input=stdin, capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+    return processes.run([sys.executable, "-m", "services.kit.cli", "--config", str(path),
+                          *args], input=stdin, cwd=ROOT, timeout=timeout)
 
 
 def comparable(page):

@@ -9,7 +9,6 @@ import email.policy
 import json
 import os
 import socket
-import subprocess
 import sys
 import uuid
 
@@ -22,6 +21,7 @@ from services.kit.db import normalize_url
 from services.kit.errors import NotFound, ValidationError
 from services.notification.models import Notification
 from services.notification.service import NotificationService
+from tests.support import processes
 from tests.support.broker import PlainClient, wait_until
 
 pytestmark = pytest.mark.integration
@@ -85,15 +85,15 @@ class SmtpServer:
         script.write_text(SMTP_SERVER)
         self.inbox = self.directory / "received"
         self.inbox.mkdir(exist_ok=True)
-        self.process = subprocess.Popen([sys.executable, str(script), str(self.port),
-                                         str(self.inbox), str(refuse)])
+        self.process = processes.Popen([sys.executable, str(script), str(self.port),
+                                        str(self.inbox), str(refuse)])
         wait_until(lambda: accepts_connections(self.port), timeout=30,
                    message="SMTP server listening")
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            processes.wait(self.process, timeout=10)
 
     def messages(self):
         """Every accepted mail: {"to", "rcpt_tos", "from", "subject", "body"}, oldest first."""
