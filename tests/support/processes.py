@@ -1,11 +1,11 @@
 """Child processes from tests that run under eventlet (nameko's pytest plugin monkey-patches).
 
 eventlet's green ``Popen`` reads its exec-error pipe through the hub, and fails with "Second
-simultaneous read on fileno N" when that fd number still has a stale listener from a socket that
-an earlier test closed (seen in full runs: F3, the replay test). So children are spawned with the
-original ``subprocess`` module (the spawn itself takes milliseconds), their output goes to files,
-and waiting for them is cooperative: services running in this test process (which the child may
-call over RPC) keep running meanwhile.
+simultaneous read on fileno N" when that fd number is still registered in the hub by a greenthread
+waiting on a socket that was closed under it (seen in full runs: F3, the replay test). So children
+are spawned with the original ``subprocess`` module and the original ``os`` (the spawn blocks for
+milliseconds), their output goes to files, and waiting for them is cooperative: services running
+in this test process (which the child may call over RPC) keep running meanwhile.
 """
 import tempfile
 import time
@@ -13,6 +13,9 @@ import time
 import eventlet
 
 subprocess = eventlet.patcher.original("subprocess")
+# eventlet patches os.read & co in place (the os module itself), so even this unpatched
+# subprocess module would read its exec-error pipe through the hub: give it the unpatched os.
+subprocess.os = eventlet.patcher.original("os")
 Popen = subprocess.Popen
 STDOUT = subprocess.STDOUT
 TimeoutExpired = subprocess.TimeoutExpired
