@@ -10,11 +10,26 @@ def _connection(base_url):
     return http.client.HTTPConnection(url.hostname, url.port, timeout=30)
 
 
-def _request(conn, method, path, headers):
-    conn.request(method, path, body=b"", headers=headers)
-    response = conn.getresponse()
-    response.read()
-    return response.status
+class _Client:
+    """One keep-alive connection; a request that fails counts as status 0 and reconnects."""
+
+    def __init__(self, base_url):
+        self.base_url = base_url
+        self.conn = _connection(base_url)
+
+    def send(self, method, path, headers):
+        try:
+            self.conn.request(method, path, body=b"", headers=headers)
+            response = self.conn.getresponse()
+            response.read()
+            return response.status
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = _connection(self.base_url)
+            return 0
+
+    def close(self):
+        self.conn.close()
 
 
 def closed_loop(base_url, clients, requests_per_client, make_request, deadline_seconds=60):
@@ -29,7 +44,7 @@ def closed_loop(base_url, clients, requests_per_client, make_request, deadline_s
     deadline = time.monotonic() + deadline_seconds
 
     def client(number):
-        conn = _connection(base_url)
+        conn = _Client(base_url)
         mine, failed = [], 0
         start_gate.wait()
         for index in range(requests_per_client):
@@ -37,12 +52,7 @@ def closed_loop(base_url, clients, requests_per_client, make_request, deadline_s
                 break
             method, path, headers = make_request(number, index)
             sent = time.perf_counter()
-            try:
-                status = _request(conn, method, path, headers)
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = _connection(base_url)
-                status = 0
+            status = conn.send(method, path, headers)
             if status in (200, 201):
                 mine.append((time.perf_counter() - sent) * 1000.0)
             else:
@@ -72,7 +82,7 @@ def open_loop(base_url, rate, count, make_request, workers=32):
     started = time.time() + 0.2
 
     def worker():
-        conn = _connection(base_url)
+        conn = _Client(base_url)
         while True:
             with lock:
                 index = next_index[0]
@@ -85,12 +95,7 @@ def open_loop(base_url, rate, count, make_request, workers=32):
                 time.sleep(delay)
             method, path, headers = make_request(0, index)
             sent = time.time()
-            try:
-                status = _request(conn, method, path, headers)
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = _connection(base_url)
-                status = 0
+            status = conn.send(method, path, headers)
             with lock:
                 results.append((index, sent, status))
         conn.close()

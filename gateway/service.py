@@ -4,6 +4,7 @@ Routes only: parse (gateway/schemas.py), find who acts (the bearer token, gatewa
 a service over RPC with a timeout, dump the answer. Errors become JSON in one table
 (gateway/http.py).
 """
+import functools
 import json
 import os
 
@@ -55,11 +56,17 @@ DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; conne
                  "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
-def _static(name):
+@functools.lru_cache(maxsize=None)
+def _asset(name):
+    """A dashboard file's bytes, read once per process."""
     with open(os.path.join(STATIC_DIR, name), "rb") as asset:
-        return Response(asset.read(), status=200, content_type=DASHBOARD_ASSETS[name],
-                        headers={"Cache-Control": "no-cache", "Content-Security-Policy":
-                                 DASHBOARD_CSP, "X-Content-Type-Options": "nosniff"})
+        return asset.read()
+
+
+def _static(name):
+    return Response(_asset(name), status=200, content_type=DASHBOARD_ASSETS[name],
+                    headers={"Cache-Control": "no-cache", "Content-Security-Policy":
+                             DASHBOARD_CSP, "X-Content-Type-Options": "nosniff"})
 
 
 def _page_args(request):

@@ -85,3 +85,12 @@ def services_config(rabbit_config, make_service_database, database_backend):
         return config
 
     return make
+
+
+@pytest.fixture
+def plain(rabbit_config):
+    """A plain AMQP client (pika, as the seed uses) on this test's vhost."""
+    from tests.support.broker import PlainClient
+    client = PlainClient(rabbit_config["AMQP_URI"])
+    yield client
+    client.close()

@@ -23,6 +23,7 @@ from services.kit.db import normalize_url
 from services.notification.models import Contact, Notification
 from services.notification.service import NotificationService
 from tests.support.broker import PlainClient, wait_until
+from tests.support.db import query
 from tests.support.proxy import TcpProxy
 
 ENROLLED_QUEUE = "notification.confirm_enrollment"
@@ -46,13 +47,6 @@ def broker_proxy(rabbit_config):
     proxy.restore()
 
 
-def query(url, statement):
-    engine = create_engine(normalize_url(url))
-    try:
-        with engine.connect() as connection:
-            return connection.execute(statement).all()
-    finally:
-        engine.dispose()
 
 
 def insert(url, *rows):

@@ -2,7 +2,6 @@
 the log holds every event once, the aggregates add up, ``knowledge-nest replay`` rebuilds a fresh
 consumer's state and doubles nothing in the others, and ``knowledge-nest create-admin`` creates an
 admin through a running auth service."""
-import json
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -21,8 +20,8 @@ from services.kit import Database, event_handler
 from services.kit.db import BigId, InboxRecordMixin, normalize_url
 from services.kit.errors import Conflict, Unauthorized, ValidationError
 from services.kit.metrics import EVENTS_DUPLICATES
-from tests.support import processes
-from tests.support.broker import PlainClient, wait_until
+from tests.support import db, processes
+from tests.support.broker import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -94,13 +93,6 @@ class AnalyticsReplica(AnalyticsService):
 # helpers ---------------------------------------------------------------------------------------
 
 @pytest.fixture
-def plain(rabbit_config):
-    client = PlainClient(rabbit_config["AMQP_URI"])
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def config_for(services_config, make_database_url, make_service_database, database_backend):
     """A config with analytics' database; ``extra`` names more databases: "tally"/"failing"
     (TallyBase's tables) or "analytics_replica" (analytics' migrations)."""
@@ -124,12 +116,7 @@ def config_for(services_config, make_database_url, make_service_database, databa
 
 def query(config, service, statement):
     key = f"{service}:TallyBase" if service == "tally" else f"{service}:Base"
-    engine = create_engine(normalize_url(config["DB_URIS"][key]))
-    try:
-        with engine.connect() as connection:
-            return connection.execute(statement).all()
-    finally:
-        engine.dispose()
+    return db.query(config["DB_URIS"][key], statement)
 
 
 def log_rows(config, service="analytics"):

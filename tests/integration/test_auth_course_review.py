@@ -15,7 +15,7 @@ from services.course.service import CourseService
 from services.kit.db import Database
 from services.kit.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from services.review.service import ReviewService
-from tests.support.broker import PlainClient, wait_until
+from tests.support.broker import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +28,6 @@ CHEAP_HASHING = dict(PASSWORD_HASH_TIME_COST=1, PASSWORD_HASH_MEMORY_COST=1024,
 @pytest.fixture
 def config(services_config):
     return services_config("auth", "course", "review", **CHEAP_HASHING)
-
-
-@pytest.fixture
-def plain(config):
-    client = PlainClient(config["AMQP_URI"])
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from services.kit import topology
 from services.kit import Database, EventDispatcher, InboxRecordMixin, OutboxEventMixin, event_handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_REPLAYED
 from services.kit.db import normalize_url
-from tests.support.broker import PlainClient, wait_until
+from tests.support.broker import wait_until
+from tests.support.db import query
 from tests.support.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -147,20 +148,8 @@ def broker_proxy(container_factory, rabbit_config):
     proxy.restore()
 
 
-@pytest.fixture
-def plain(rabbit_config):
-    client = PlainClient(rabbit_config["AMQP_URI"])
-    yield client
-    client.close()
-
-
 def rows(url, model):
-    engine = create_engine(normalize_url(url))
-    try:
-        with engine.connect() as connection:
-            return connection.execute(select(model)).all()
-    finally:
-        engine.dispose()
+    return query(url, select(model))
 
 
 def effects(config):
@@ -168,14 +157,8 @@ def effects(config):
 
 
 def unsent(config):
-    engine = create_engine(normalize_url(config["DB_URIS"]["publisher:Base"]))
-    try:
-        with engine.connect() as connection:
-            return connection.execute(
-                select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
-            ).scalar()
-    finally:
-        engine.dispose()
+    return query(config["DB_URIS"]["publisher:Base"], select(func.count())
+                 .select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None)))[0][0]
 
 
 def test_dispatched_event_reaches_plain_consumer_with_full_envelope(container_factory, config,

@@ -5,7 +5,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.integration.test_event_kit import (  # noqa: F401 (fixtures)
-    FRAGILE_QUEUE, RECORD_QUEUE, Recorder, config, databases, effects, plain,
+    FRAGILE_QUEUE, RECORD_QUEUE, Recorder, config, databases, effects,
 )
 from tests.support.broker import wait_until
 

@@ -15,14 +15,14 @@ import uuid
 import pytest
 from nameko.rpc import rpc
 from nameko.testing.services import entrypoint_hook
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
-from services.kit.db import normalize_url
 from services.kit.errors import NotFound, ValidationError
 from services.notification.models import Notification
 from services.notification.service import NotificationService
 from tests.support import processes
-from tests.support.broker import PlainClient, wait_until
+from tests.support.broker import wait_until
+from tests.support.db import query
 
 pytestmark = pytest.mark.integration
 
@@ -126,13 +126,6 @@ def smtp_server(tmp_path):
 
 
 @pytest.fixture
-def plain(rabbit_config):
-    client = PlainClient(rabbit_config["AMQP_URI"])
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def notification_config(services_config, smtp_server):
     def make(**overrides):
         settings = dict(MAIL_BACKEND="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=smtp_server.port,
@@ -166,12 +159,8 @@ def publish(plain, event_type, data, event_id=None):
 
 
 def notifications(config):
-    engine = create_engine(normalize_url(config["DB_URIS"]["notification:Base"]))
-    try:
-        with engine.connect() as connection:
-            return connection.execute(select(Notification).order_by(Notification.id)).all()
-    finally:
-        engine.dispose()
+    return query(config["DB_URIS"]["notification:Base"],
+                 select(Notification).order_by(Notification.id))
 
 
 def mails_to(server, address):

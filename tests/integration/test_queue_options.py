@@ -9,7 +9,7 @@ from services.kit import Database, EventDispatcher
 from services.kit.cli import main as knowledge_nest
 from services.kit.topology import QueueArgumentsMismatch
 from tests.integration.test_event_kit import (  # noqa: F401 (fixtures)
-    RECORD_QUEUE, Base, Recorder, config, databases, effects, plain, unsent,
+    RECORD_QUEUE, Base, Recorder, config, databases, effects, unsent,
 )
 from tests.support.broker import wait_until
 
