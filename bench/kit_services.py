@@ -1,5 +1,6 @@
-"""Our kit under load: a producer whose events go through the outbox relay, and a consumer that
-writes each event to its database with the inbox. Run with ``nameko run`` by bench/harness.py."""
+"""Our kit under load: a producer whose events go through the outbox relay, and consumers that
+write each event to their database with the inbox: one transaction per event (``event_handler``)
+or per batch (``batch_event_handler``). Run with ``nameko run`` by bench/harness.py."""
 import json
 import time
 
@@ -8,11 +9,13 @@ from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bench.payload import event_data
-from services.kit import Database, EventDispatcher, event_handler
+from services.kit import Database, EventDispatcher, batch_event_handler, event_handler
 from services.kit.db import InboxRecordMixin, OutboxEventMixin
 
 RELAY_ONLY = "bench.relay_only"  # bound to a queue nobody consumes: the relay alone
 END_TO_END = "bench.event"       # consumed by KitSink
+BATCHED = "bench.batch_event"    # consumed by KitBatchSink
+MAX_BATCH = 100
 
 
 class Base(DeclarativeBase):
@@ -62,3 +65,13 @@ class KitSink:
     @event_handler(END_TO_END)
     def handle(self, event):
         self.db.session.add(Received(event_id=event.event_id, user_id=event.data["user_id"]))
+
+
+class KitBatchSink:
+    name = "kit_batch_sink"
+    db = Database(Base)
+
+    @batch_event_handler(BATCHED, max_batch=MAX_BATCH)
+    def handle(self, events):
+        self.db.session.add_all([Received(event_id=event.event_id, user_id=event.data["user_id"])
+                                 for event in events])

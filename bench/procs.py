@@ -51,6 +51,10 @@ class Vhost:
     def purge(self, queue):
         requests.delete(f"{MGMT}/queues/{self.name}/{queue}/contents", auth=AUTH, timeout=10)
 
+    def delete_queue(self, queue):
+        requests.delete(f"{MGMT}/queues/{self.name}/{queue}", auth=AUTH,
+                        timeout=10).raise_for_status()
+
 
 def broker_version():
     try:

@@ -8,9 +8,12 @@ and nothing from any other service.
 """
 from services.kit.db import Database, InboxRecordMixin, OutboxEventMixin
 from services.kit.envelope import Event, InvalidEvent
-from services.kit.events import EventDispatcher, EventHandler, event_handler
+from services.kit.events import (
+    BatchEventHandler, EventDispatcher, EventHandler, batch_event_handler, event_handler,
+)
 
 __all__ = [
+    "BatchEventHandler",
     "Database",
     "Event",
     "EventDispatcher",
@@ -18,5 +21,6 @@ __all__ = [
     "InboxRecordMixin",
     "InvalidEvent",
     "OutboxEventMixin",
+    "batch_event_handler",
     "event_handler",
 ]

@@ -120,9 +120,10 @@ def database_uri(config, service_name, base_name="Base"):
 class Database(nameko_sqlalchemy.Database):
     """nameko-sqlalchemy's per-worker session, with our engine settings, outbox and inbox.
 
-    For a worker of an ``@event_handler`` the inbox record of its event is added to the worker's
-    session before the handler runs, so whatever the handler writes commits together with it; the
-    handler does not commit: the kit does, and acknowledges the message only after that.
+    For a worker of an ``@event_handler`` the inbox record of its event (of each of its events, for
+    a ``@batch_event_handler``) is added to the worker's session before the handler runs, so
+    whatever the handler writes commits together with it; the handler does not commit: the kit
+    does, and acknowledges the messages only after that.
     """
 
     def setup(self):
@@ -143,13 +144,13 @@ class Database(nameko_sqlalchemy.Database):
         return find_model(self.declarative_base, InboxRecordMixin)
 
     def worker_setup(self, worker_ctx):
-        inbox_entry = getattr(worker_ctx.entrypoint, "inbox_entry", None)
-        if inbox_entry is not None:
-            consumer, event = inbox_entry(worker_ctx)
+        inbox_entries = getattr(worker_ctx.entrypoint, "inbox_entries", None)
+        if inbox_entries is not None:
+            consumer, events = inbox_entries(worker_ctx)
             self.require(self.inbox_model, "InboxRecordMixin", "an @event_handler")
-            self.worker_session(worker_ctx).add(
-                self.inbox_model(consumer=consumer, event_id=event.event_id,
-                                 event_type=event.event_type))
+            self.worker_session(worker_ctx).add_all(
+                [self.inbox_model(consumer=consumer, event_id=event.event_id,
+                                  event_type=event.event_type) for event in events])
 
     def worker_session(self, worker_ctx):
         return self.dbs[worker_ctx].session

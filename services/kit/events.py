@@ -28,7 +28,12 @@ Consuming (``event_handler``)::
     not an event (bad JSON, no event_type) --> "<queue>.dlq", reason in the headers, ack
     handler raised --> "<queue>.retry.<delay>" then back, up to len(EVENT_RETRY_DELAYS) times,
         then "<queue>.dlq" with the exception; the queue goes on meanwhile.
+
+    ``batch_event_handler``: the same, with the events that waited on the queue handled by one
+    worker in one transaction (``BatchEventHandler``); a batch that fails runs again event by
+    event, so retries, dead letters and duplicates are per event.
 """
+import collections
 import json
 import logging
 import sys
@@ -37,6 +42,7 @@ from datetime import datetime, timezone
 from functools import partial
 
 import amqp
+import kombu
 from eventlet.semaphore import Semaphore
 from nameko import events as nameko_events
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
@@ -281,11 +287,25 @@ class FailureRouter(SharedExtension):
             raise PublishFailed(f"no queue bound to {exchange!r}/{routing_key!r}")
 
 
+class PrefetchingConsumer(kombu.Consumer):
+    """A kombu consumer that sets its own prefetch right before it starts consuming.
+
+    ``basic.qos`` applies to the consumers a channel starts after it, and nameko sets every
+    consumer's prefetch before it starts any of them: the last value would hold for all.
+    """
+
+    def consume(self, no_ack=None):
+        if self.prefetch_count is not None:
+            self.qos(prefetch_count=self.prefetch_count)
+        super().consume(no_ack)
+
+
 class EventQueueConsumer(QueueConsumer):
     """nameko's QueueConsumer, handing over raw messages: the handler decodes them itself.
 
     nameko's lets kombu decode the body first; a body that does not decode raises out of
-    kombu's receive callback and kills the consumer (and with it the service).
+    kombu's receive callback and kills the consumer (and with it the service). Each handler
+    may also ask for more prefetch than ``PREFETCH_COUNT`` (a batch handler does).
     """
 
     @property
@@ -294,10 +314,10 @@ class EventQueueConsumer(QueueConsumer):
 
     def get_consumers(self, consumer_cls, channel):
         for provider in self._providers:
-            consumer = consumer_cls(queues=[provider.queue],
-                                    on_message=partial(self.handle_message, provider, None))
-            consumer.qos(prefetch_count=self.prefetch_count)
-            self._consumers[provider] = consumer
+            self._consumers[provider] = PrefetchingConsumer(
+                channel, queues=[provider.queue],
+                on_message=partial(self.handle_message, provider, None),
+                prefetch_count=max(self.prefetch_count, getattr(provider, "min_prefetch", 0)))
         return self._consumers.values()
 
 
@@ -327,9 +347,9 @@ class EventHandler(nameko_events.EventHandler):
         self.topology.declare({self.queue_name: self.binding_keys})
         Consumer.setup(self)  # not nameko's EventHandler.setup: it names its own queue
 
-    def inbox_entry(self, worker_ctx):
-        """(consumer, event) recorded in the worker's transaction (see Database.worker_setup)."""
-        return self.queue_name, worker_ctx.args[0]
+    def inbox_entries(self, worker_ctx):
+        """(consumer, events) recorded in the worker's transaction (see Database.worker_setup)."""
+        return self.queue_name, [worker_ctx.args[0]]
 
     def handle_message(self, body, message):
         try:
@@ -340,16 +360,8 @@ class EventHandler(nameko_events.EventHandler):
             self._reject(message)
 
     def _handle_message(self, message):
-        properties = message.properties
-        try:
-            event = parse_event(message.body, message_id=properties.get("message_id"),
-                                app_id=properties.get("app_id"))
-        except InvalidEvent as exc:
-            log.warning("not an event on %s: %s; parked in its DLQ", self.queue_name, exc)
-            self._park(message, reason=str(exc), exception="InvalidEvent", attempts=0)
-            return
-        if self._may_be_duplicate(message) and self._already_processed(event):
-            self._skip_duplicate(message, event)
+        event = self._admit(message)
+        if event is None:
             return
         try:
             self.container.spawn_worker(
@@ -357,6 +369,21 @@ class EventHandler(nameko_events.EventHandler):
                 handle_result=partial(self.handle_result, message, event))
         except ContainerBeingKilled:
             self.queue_consumer.requeue_message(message)
+
+    def _admit(self, message):
+        """The message's event, or None once it is parked (not an event) or skipped (seen)."""
+        properties = message.properties
+        try:
+            event = parse_event(message.body, message_id=properties.get("message_id"),
+                                app_id=properties.get("app_id"))
+        except InvalidEvent as exc:
+            log.warning("not an event on %s: %s; parked in its DLQ", self.queue_name, exc)
+            self._park(message, reason=str(exc), exception="InvalidEvent", attempts=0)
+            return None
+        if self._may_be_duplicate(message) and self._already_processed(event):
+            self._skip_duplicate(message, event)
+            return None
+        return event
 
     @staticmethod
     def _may_be_duplicate(message):
@@ -471,4 +498,119 @@ class EventHandler(nameko_events.EventHandler):
                 log.warning("could not reject a message on %s", self.queue_name, exc_info=True)
 
 
+class BatchEventHandler(EventHandler):
+    """Handles the events waiting on its queue together: one worker and one transaction for many.
+
+    ``@batch_event_handler("course.*", max_batch=100)``: the handler gets a list of ``Event``s,
+    oldest first, and writes with ``self.db.session`` as an ``event_handler`` does. The kit
+    commits the inbox records of the whole batch with those writes, then acks every message.
+    For a handler whose own work is small the commit is most of the cost of an event; this
+    shares it.
+
+    One batch runs at a time per instance. It starts as soon as an event arrives and takes every
+    event that arrived while the previous one ran (at most ``max_batch``): no added wait when the
+    queue is quiet, bigger batches under load. The guarantees are ``event_handler``'s: when the
+    handler raises or the commit fails (a duplicate's inbox record, say), the batch is rolled back
+    and its events are handled again one at a time, each in its own transaction (the handler gets
+    a list of one), so only the event at fault is retried or dead-lettered, and a duplicate is
+    skipped.
+    """
+
+    def __init__(self, *binding_keys, max_batch=100, **kwargs):
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise TypeError(f"max_batch must be a positive int, got {max_batch!r}")
+        self.max_batch = max_batch
+        super().__init__(*binding_keys, **kwargs)
+
+    @property
+    def min_prefetch(self):
+        return 2 * self.max_batch  # a batch in flight while the next one fills up
+
+    def setup(self):
+        super().setup()
+        self._waiting = collections.deque()     # (message, event) not given to a worker yet
+        self._one_by_one = collections.deque()  # (message, event) of a batch that failed
+        self._busy = False
+        self._stopping = False
+
+    def stop(self):
+        # Events still waiting stay unacknowledged: the broker delivers them again.
+        self._stopping = True
+        super().stop()
+
+    def inbox_entries(self, worker_ctx):
+        return self.queue_name, worker_ctx.args[0]
+
+    def _handle_message(self, message):
+        event = self._admit(message)
+        if event is not None:
+            self._waiting.append((message, event))
+            self._run_next()
+
+    def _run_next(self):
+        """Start a worker unless one runs: the failed batch's events one by one, else a batch."""
+        if self._busy or self._stopping:
+            return
+        if self._one_by_one:
+            message, event = self._one_by_one.popleft()
+            self._spawn([(message, event)], partial(self._single_done, message, event))
+        elif self._waiting:
+            batch = [self._waiting.popleft()
+                     for _ in range(min(self.max_batch, len(self._waiting)))]
+            self._spawn(batch, partial(self._batch_done, batch))
+
+    def _spawn(self, batch, handle_result):
+        self._busy = True
+        try:
+            self.container.spawn_worker(
+                self, ([event for _, event in batch],), {},
+                context_data=self.unpack_message_headers(batch[0][0]),
+                handle_result=handle_result)
+        except Exception as exc:
+            self._busy = False
+            for message, _ in batch:
+                if isinstance(exc, ContainerBeingKilled):
+                    self.queue_consumer.requeue_message(message)
+                else:
+                    log.exception("could not start a worker on %s", self.queue_name)
+                    self._reject(message)
+
+    def _batch_done(self, batch, worker_ctx, result=None, exc_info=None):
+        try:
+            if exc_info is None:
+                try:
+                    self.database.worker_session(worker_ctx).commit()
+                except Exception:
+                    exc_info = sys.exc_info()
+            if exc_info is not None:
+                self._rollback(worker_ctx)
+                log.warning("a batch of %d events on %s failed (%s: %s); handling them one "
+                            "at a time", len(batch), self.queue_name, exc_info[0].__name__,
+                            exc_info[1])
+                self._one_by_one.extend(batch)
+                return result, exc_info
+            for message, event in batch:
+                log.info("event %s (%s) handled by %s", event.event_id, event.event_type,
+                         self.queue_name)
+                metrics.event_handled(self.container.service_name, self.queue_name,
+                                      event.event_type)
+                try:
+                    self.queue_consumer.ack_message(message)
+                except Exception:  # the broker delivers it again; the inbox skips it then
+                    log.warning("could not ack event %s on %s", event.event_id,
+                                self.queue_name, exc_info=True)
+            return result, exc_info
+        finally:
+            self._busy = False
+            self._run_next()
+
+    def _single_done(self, message, event, worker_ctx, result=None, exc_info=None):
+        try:
+            return self.handle_result(message, event, worker_ctx, result, exc_info)
+        finally:
+            self._busy = False
+            self._run_next()
+
+
 event_handler = EventHandler.decorator
+batch_event_handler = BatchEventHandler.decorator
