@@ -5,7 +5,9 @@
         --> LiveEvents (a greenthread consuming it) --> each open /api/events/stream's buffer
 
 Each gateway process has its own queue, so with several gateway instances behind a load balancer
-every instance sees every event and any of them can serve a browser. This is a display: no
+every instance sees every event and any of them can serve a browser. The queue exists only while
+someone watches: the first open stream starts the feed, which stops FEED_IDLE_SECONDS after the
+last one closed. This is a display: no
 inbox, no acks (the broker forgets an event once it is handed over), and a queue that vanishes
 with its process. The durable record of events is the analytics service's log.
 
@@ -15,6 +17,7 @@ carries both), because the dashboard and its stream are public, as is the summar
 """
 import json
 import logging
+import time
 import uuid
 
 import eventlet
@@ -37,6 +40,8 @@ DEFAULT_BUFFER = 256  # events a slow browser may be behind before its oldest ar
 DEFAULT_MAX_STREAMS = 100
 HEARTBEAT_SECONDS = 15.0
 RECONNECT_SECONDS = 1.0
+BIND_WAIT_SECONDS = 5.0  # a new stream waits this long at most for the feed's queue
+FEED_IDLE_SECONDS = 30.0  # the feed stops this long after the last stream closed
 
 
 def public_view(body, message_id=None, app_id=None):
@@ -88,15 +93,21 @@ class Subscription:
 
 
 class LiveEvents(SharedExtension):
-    """The gateway process's consumer of every event, fanning them out to open streams."""
+    """The gateway process's consumer of every event, fanning them out to open streams.
+
+    It consumes only while someone watches: the first stream starts the feed (its queue is bound
+    before that stream's response begins), and the feed stops ``FEED_IDLE_SECONDS`` after the
+    last stream closed. A gateway nobody watches does not handle every event of the suite.
+    """
 
     def __init__(self):
         super().__init__()
         self.subscriptions = set()
-        self.queue_name = f"gateway.live.{uuid.uuid4().hex}"
-        self.connected = eventlet.Event()  # tests (and /health-minded readers) can wait for it
-        self._running = False
-        self._thread = None
+        self.queue_name = None      # gateway.live.<uuid>, new for each feed
+        self.bound = eventlet.Event()  # sent once the current feed's queue is bound
+        self._running = False       # between the container's start and stop
+        self._feed = None           # the feed's greenthread, while it runs
+        self._idle_since = time.monotonic()
 
     def setup(self):
         config = self.container.config
@@ -107,26 +118,43 @@ class LiveEvents(SharedExtension):
 
     def start(self):
         self._running = True
-        self._thread = self.container.spawn_managed_thread(self._consume,
-                                                           identifier="LiveEvents")
 
     def stop(self):
         self._running = False
-        if self._thread is not None:
-            self._thread.kill()
+        if self._feed is not None:
+            self._feed.kill()
+            self._feed = None
 
     kill = stop
 
-    def subscribe(self):
+    def subscribe(self, wait=BIND_WAIT_SECONDS):
+        """A new stream's subscription; starts the feed if it is not running.
+
+        Waits up to ``wait`` seconds for the feed's queue to be bound, so that what is
+        published after the stream opened reaches it (with the broker away, the stream opens
+        anyway and shows events once the feed reconnects).
+        """
         if len(self.subscriptions) >= self.max_streams:
             raise ServiceUnavailable(
                 f"this gateway already serves {self.max_streams} live streams (LIVE_MAX_STREAMS)")
         subscription = Subscription(self.buffer_size)
         self.subscriptions.add(subscription)
+        self.start_feed()
+        if self._feed is not None:
+            self.bound.wait(timeout=wait)
         return subscription
 
     def unsubscribe(self, subscription):
         self.subscriptions.discard(subscription)
+        if not self.subscriptions:
+            self._idle_since = time.monotonic()
+
+    def start_feed(self):
+        if self._feed is None and self._running:
+            self.queue_name = f"gateway.live.{uuid.uuid4().hex}"
+            self.bound = eventlet.Event()
+            self._feed = self.container.spawn_managed_thread(self._consume,
+                                                             identifier="LiveEvents")
 
     def publish(self, view):
         for subscription in list(self.subscriptions):
@@ -139,19 +167,33 @@ class LiveEvents(SharedExtension):
         if view is not None:
             self.publish(view)
 
+    def _unwatched(self):
+        """True once no stream has been open for FEED_IDLE_SECONDS; the feed then ends.
+
+        ``_feed`` is cleared here, with no greenthread switch before the feed returns, so a
+        stream that opens from now on starts a new feed (with a new queue) instead of relying
+        on this one.
+        """
+        if self.subscriptions or time.monotonic() - self._idle_since < FEED_IDLE_SECONDS:
+            return False
+        self._feed = None
+        log.info("live events: no stream for %ss; %s stops", FEED_IDLE_SECONDS, self.queue_name)
+        return True
+
     def _consume(self):
-        while self._running:
+        queue_name, bound = self.queue_name, self.bound
+        while self._running and not self._unwatched():
             try:
                 with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30, connect_timeout=5,
                                 transport_options={"client_properties": {
-                                    "connection_name": self.queue_name}}) as connection:
-                    queue = Queue(self.queue_name, exchange=events_exchange(), routing_key="#",
+                                    "connection_name": queue_name}}) as connection:
+                    queue = Queue(queue_name, exchange=events_exchange(), routing_key="#",
                                   exclusive=True, auto_delete=True, durable=False,
                                   queue_arguments={"x-max-length": LIVE_QUEUE_LENGTH})
                     with connection.Consumer(queue, on_message=self._on_message, no_ack=True):
-                        if not self.connected.ready():
-                            self.connected.send(True)
-                        log.info("live events: consuming %s", self.queue_name)
+                        if not bound.ready():
+                            bound.send(True)
+                        log.info("live events: consuming %s", queue_name)
                         while self._running:
                             try:
                                 connection.drain_events(timeout=1)
@@ -161,6 +203,8 @@ class LiveEvents(SharedExtension):
                             # events a drain never times out, and a client that sends no
                             # heartbeat is cut off by the broker after two intervals
                             connection.heartbeat_check()
+                            if self._unwatched():
+                                return
             except Exception as exc:  # broker away: try again, the dashboard just goes quiet
                 if self._running:
                     log.warning("live events: %s: %s; reconnecting in %ss", type(exc).__name__,

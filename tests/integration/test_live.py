@@ -2,9 +2,11 @@
 of every event, garbage on the exchange, and the connection cut by the broker."""
 from urllib.parse import unquote, urlparse
 
+import eventlet
 import pytest
 from nameko.rpc import rpc
 
+from gateway import live as live_module
 from gateway.live import LiveEvents, LiveFeed
 from tests.support.broker import PlainClient, wait_until
 
@@ -35,18 +37,21 @@ def watched(container_factory, rabbit_config):
     for _ in range(2):
         container = container_factory(Watcher, rabbit_config)
         container.start()
-        live = _live(container)
-        live.connected.wait()
-        lives.append(live)
+        lives.append(_live(container))
     plain = PlainClient(rabbit_config["AMQP_URI"])
     yield lives, plain
     plain.close()
 
 
+def live_queues(rabbit_manager, rabbit_config):
+    return sorted(q["name"] for q in rabbit_manager.get_queues(live_vhost(rabbit_config))
+                  if q["name"].startswith("gateway.live."))
+
+
 def test_every_process_gets_every_event_and_garbage_is_ignored(watched):
     (first, second), plain = watched
+    subscriptions = [first.subscribe(), second.subscribe()]  # each binds its queue first
     assert first.queue_name != second.queue_name
-    subscriptions = [first.subscribe(), second.subscribe()]
     plain.publish("whatever", b"{not json")  # on the exchange, not an event: skipped
     plain.publish("user.registered", EVENT)
     for subscription in subscriptions:
@@ -87,3 +92,27 @@ def test_the_feed_comes_back_after_the_broker_cuts_its_connection(watched, rabbi
 
 def live_vhost(rabbit_config):
     return unquote(urlparse(rabbit_config["AMQP_URI"]).path[1:])
+
+
+def test_the_feed_runs_only_while_someone_watches(watched, rabbit_config, rabbit_manager,
+                                                  monkeypatch):
+    monkeypatch.setattr(live_module, "FEED_IDLE_SECONDS", 0.5)
+    (live, _), plain = watched
+    eventlet.sleep(1.5)
+    assert live_queues(rabbit_manager, rabbit_config) == []  # nobody watches: no queue at all
+
+    subscription = live.subscribe()
+    first_queue = live.queue_name
+    wait_until(lambda: live_queues(rabbit_manager, rabbit_config) == [first_queue], timeout=30,
+               message="the feed's queue listed")
+    plain.publish("user.registered", EVENT)
+    assert subscription.next(timeout=5)["event_id"] == EVENT["event_id"]
+
+    live.unsubscribe(subscription)
+    wait_until(lambda: live_queues(rabbit_manager, rabbit_config) == [], timeout=30,
+               message="the feed stopped and its queue went away")
+
+    again = live.subscribe()  # a new stream: a new feed, a new queue
+    assert live.queue_name != first_queue
+    plain.publish("user.registered", dict(EVENT, event_id="d" * 32))
+    assert again.next(timeout=5)["event_id"] == "d" * 32
