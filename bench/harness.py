@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -229,6 +230,7 @@ class Bench:
         for label, target, extra, ready in specs:
             service = procs.Service(label, [target], self.base_config(**extra), self.tmp, ready)
             if label in self.args.profile:
+                os.makedirs(self.args.out or HERE, exist_ok=True)
                 service.profile_to = os.path.join(self.args.out or HERE, f"profile-{label}.txt")
             self.services.append(service)
         self.log(f"starting {len(self.services)} nameko processes")
@@ -474,6 +476,7 @@ class Bench:
                 for service in self.services:
                     service.stop()
         self.elapsed = time.time() - started
+        shutil.rmtree(self.tmp, ignore_errors=True)  # kept when the run failed: its logs say why
         return self.report()
 
     # -- report ---------------------------------------------------------------------------
