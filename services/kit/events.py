@@ -552,11 +552,16 @@ class BatchEventHandler(EventHandler):
         if self._busy or self._stopping:
             return
         if self._one_by_one:
-            message, event = self._one_by_one.popleft()
-            self._spawn([(message, event)], partial(self._single_done, message, event))
+            batch = [self._one_by_one.popleft()]
         elif self._waiting:
             batch = [self._waiting.popleft()
                      for _ in range(min(self.max_batch, len(self._waiting)))]
+        else:
+            return
+        if len(batch) == 1:  # alone: settled as event_handler settles it, nothing to take apart
+            message, event = batch[0]
+            self._spawn(batch, partial(self._single_done, message, event))
+        else:
             self._spawn(batch, partial(self._batch_done, batch))
 
     def _spawn(self, batch, handle_result):
@@ -568,11 +573,13 @@ class BatchEventHandler(EventHandler):
                 handle_result=handle_result)
         except Exception as exc:
             self._busy = False
+            if not isinstance(exc, ContainerBeingKilled):
+                log.exception("could not start a worker on %s; rejecting %d message(s) to its "
+                              "DLQ", self.queue_name, len(batch))
             for message, _ in batch:
                 if isinstance(exc, ContainerBeingKilled):
                     self.queue_consumer.requeue_message(message)
                 else:
-                    log.exception("could not start a worker on %s", self.queue_name)
                     self._reject(message)
 
     def _batch_done(self, batch, worker_ctx, result=None, exc_info=None):

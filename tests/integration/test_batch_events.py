@@ -136,6 +136,15 @@ def test_failing_event_is_retried_alone_the_rest_of_its_batch_is_handled_once(
     assert plain.message_count(QUEUE) == 0
 
 
+def test_an_event_alone_is_settled_at_once_not_run_twice(container_factory, config, plain):
+    container_factory(Ledger, config).start()
+    plain.publish("entry.made", entry_event(0, fail=True))  # a quiet queue: a batch of one
+
+    _, properties, _ = plain.get(QUEUE + ".dlq", timeout=15)
+    assert properties.headers["x-attempts"] == 3
+    assert Ledger.batches == [[0], [0], [0]]  # the first try and two retries, nothing more
+
+
 def test_duplicate_inside_a_batch_has_one_effect(container_factory, config, plain):
     events = [entry_event(seq) for seq in range(10)]
     events.insert(5, entry_event(3))  # the same event again, fresh (a relay republishing)
