@@ -104,7 +104,9 @@ class LiveEvents(SharedExtension):
         super().__init__()
         self.subscriptions = set()
         self.queue_name = None      # gateway.live.<uuid>, new for each feed
-        self.bound = eventlet.Event()  # sent once the current feed's queue is bound
+        # sent once the current feed's first connection attempt is over: True when its queue is
+        # bound, False when the broker could not be reached (it keeps trying)
+        self.first_attempt = eventlet.Event()
         self._running = False       # between the container's start and stop
         self._feed = None           # the feed's greenthread, while it runs
         self._idle_since = time.monotonic()
@@ -130,9 +132,9 @@ class LiveEvents(SharedExtension):
     def subscribe(self, wait=BIND_WAIT_SECONDS):
         """A new stream's subscription; starts the feed if it is not running.
 
-        Waits up to ``wait`` seconds for the feed's queue to be bound, so that what is
-        published after the stream opened reaches it (with the broker away, the stream opens
-        anyway and shows events once the feed reconnects).
+        A new feed's first attempt to bind its queue is waited for (``wait`` seconds at most),
+        so that what is published after the stream opened reaches it; with the broker away,
+        the stream opens at once and shows events once the feed reconnects.
         """
         if len(self.subscriptions) >= self.max_streams:
             raise ServiceUnavailable(
@@ -141,7 +143,7 @@ class LiveEvents(SharedExtension):
         self.subscriptions.add(subscription)
         self.start_feed()
         if self._feed is not None:
-            self.bound.wait(timeout=wait)
+            self.first_attempt.wait(timeout=wait)
         return subscription
 
     def unsubscribe(self, subscription):
@@ -152,7 +154,7 @@ class LiveEvents(SharedExtension):
     def start_feed(self):
         if self._feed is None and self._running:
             self.queue_name = f"gateway.live.{uuid.uuid4().hex}"
-            self.bound = eventlet.Event()
+            self.first_attempt = eventlet.Event()
             self._feed = self.container.spawn_managed_thread(self._consume,
                                                              identifier="LiveEvents")
 
@@ -181,18 +183,19 @@ class LiveEvents(SharedExtension):
         return True
 
     def _consume(self):
-        queue_name, bound = self.queue_name, self.bound
+        queue_name, first_attempt = self.queue_name, self.first_attempt
         while self._running and not self._unwatched():
             try:
+                # max_retries 0: a failed attempt raises at once; this loop tries again
                 with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30, connect_timeout=5,
-                                transport_options={"client_properties": {
+                                transport_options={"max_retries": 0, "client_properties": {
                                     "connection_name": queue_name}}) as connection:
                     queue = Queue(queue_name, exchange=events_exchange(), routing_key="#",
                                   exclusive=True, auto_delete=True, durable=False,
                                   queue_arguments={"x-max-length": LIVE_QUEUE_LENGTH})
                     with connection.Consumer(queue, on_message=self._on_message, no_ack=True):
-                        if not bound.ready():
-                            bound.send(True)
+                        if not first_attempt.ready():
+                            first_attempt.send(True)
                         log.info("live events: consuming %s", queue_name)
                         while self._running:
                             try:
@@ -206,6 +209,8 @@ class LiveEvents(SharedExtension):
                             if self._unwatched():
                                 return
             except Exception as exc:  # broker away: try again, the dashboard just goes quiet
+                if not first_attempt.ready():
+                    first_attempt.send(False)
                 if self._running:
                     log.warning("live events: %s: %s; reconnecting in %ss", type(exc).__name__,
                                 exc, RECONNECT_SECONDS)

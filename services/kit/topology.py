@@ -15,6 +15,8 @@ declares its own queue when it starts), but events published before its first st
     a failed message  --> [<queue>.retry.<ms>ms] --(TTL expires)--> back to [<queue>]
     after the last try --> knowledge_nest_events.dlx (direct) --<queue>--> [<queue>.dlq]
 """
+import time
+
 import amqp
 from kombu import Exchange, Queue, binding
 
@@ -26,6 +28,7 @@ from services.kit.constants import (
 )
 
 MIGRATE_COMMAND = "knowledge-nest migrate-queues"
+DECLARE_ATTEMPTS = 5
 
 
 class QueueArgumentsMismatch(RuntimeError):
@@ -189,14 +192,31 @@ def declare_topology(connection, config, subscriptions=None):
             channel.exchange_bind(destination=events.name, source=name, routing_key="#")
         for queue_name, binding_keys in subscriptions.items():
             for entity in subscription_entities(queue_name, binding_keys, config):
-                try:
-                    entity(channel).declare()
-                except amqp.exceptions.PreconditionFailed as exc:
-                    # the broker closed the channel: 406, inequivalent arguments
-                    raise QueueArgumentsMismatch(entity.name, exc.reply_text) from None
+                declare_queue(channel, entity)
     finally:
         if channel.is_open:
             channel.close()
+
+
+def declare_queue(channel, queue, attempts=DECLARE_ATTEMPTS):
+    """Declare ``queue`` on ``channel``, again if it raced another declaration of it.
+
+    Every service declares every subscription's queues when it starts, so services started
+    together declare the same new queues at once; RabbitMQ may answer the loser with a 404
+    ("home node ... of durable queue ... is down or inaccessible") while the winner's queue
+    starts. That passes within moments. py-amqp reopens the channel the 404 closed.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            queue(channel).declare()
+            return
+        except amqp.exceptions.PreconditionFailed as exc:
+            # the broker closed the channel: 406, inequivalent arguments
+            raise QueueArgumentsMismatch(queue.name, exc.reply_text) from None
+        except amqp.exceptions.NotFound as exc:
+            if "down or inaccessible" not in str(exc) or attempt == attempts:
+                raise
+            time.sleep(0.1 * attempt)
 
 
 def _queue_matches(connection, queue):

@@ -16,6 +16,7 @@ from services.kit.db import normalize_url
 from services.kit.events import BatchEventHandler
 from tests.support.broker import wait_until
 from tests.support.db import query
+from tests.support.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +46,12 @@ class Ledger:
     name = "ledger"
     db = Database(Base)
     batches = []  # the seq numbers each call got, in this process
+    pause = 0     # seconds each call takes (to cut the broker's connection in the middle)
 
     @batch_event_handler("entry.*", max_batch=MAX_BATCH)
     def record(self, events):
         Ledger.batches.append([event.data["seq"] for event in events])
+        eventlet.sleep(Ledger.pause)
         for event in events:
             if event.data.get("fail"):
                 raise RuntimeError(f"entry {event.data['seq']} refused on purpose")
@@ -73,7 +76,7 @@ def config(rabbit_config, make_database_url, database_backend):
     engine = create_engine(normalize_url(url))
     Base.metadata.create_all(engine)
     engine.dispose()
-    Ledger.batches = []
+    Ledger.batches, Ledger.pause = [], 0
     return dict(rabbit_config, DB_URIS={"ledger:Base": url}, EVENT_RETRY_DELAYS=[0.2, 0.4],
                 HEARTBEAT=5, PREFETCH_COUNT=5)
 
@@ -157,6 +160,33 @@ def test_duplicate_inside_a_batch_has_one_effect(container_factory, config, plai
     assert len(inbox(config)) == 10
     assert plain.message_count(QUEUE + ".dlq") == 0
     assert plain.message_count(QUEUE + ".retry.200ms") == 0
+
+
+def test_connection_lost_in_the_middle_of_a_backlog_loses_and_doubles_nothing(
+        container_factory, config, plain, database_backend):
+    if database_backend != "sqlite":
+        pytest.skip("a broker fault: one backend is enough")
+    proxy = TcpProxy("127.0.0.1", 5672)
+    url = urlparse(config["AMQP_URI"])
+    through_proxy = dict(config, AMQP_URI=url._replace(
+        netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl())
+    try:
+        count = 400
+        Ledger.pause = 0.02  # a batch takes a while: the cut lands among batches in flight
+        start_after_backlog(container_factory, through_proxy, plain,
+                            [entry_event(seq) for seq in range(count)])
+        wait_until(lambda: len(entries(config)) >= 100, timeout=30, message="a quarter handled")
+        proxy.drop_connections()  # unacked and waiting messages go back to the queue
+        assert len(entries(config)) < count  # the cut came in the middle
+
+        wait_until(lambda: len(entries(config)) == count
+                   and plain.message_count(QUEUE) == 0, timeout=60,
+                   message="every event handled after the reconnection")
+        assert [row.seq for row in entries(config)] == list(range(count))
+        assert len(inbox(config)) == count
+        assert plain.message_count(QUEUE + ".dlq") == 0
+    finally:
+        proxy.restore()
 
 
 def test_poison_message_among_a_batch_is_dead_lettered_alone(container_factory, config, plain,

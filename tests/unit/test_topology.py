@@ -1,4 +1,7 @@
 """Queue names and arguments: what an operator sees in the management UI."""
+import amqp
+import pytest
+
 from services.kit import topology
 from services.kit.constants import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE
 
@@ -33,3 +36,39 @@ def test_every_subscription_names_a_service_method_and_binding_keys():
     for queue_name, keys in topology.SUBSCRIPTIONS.items():
         service, method = queue_name.split(".")
         assert service and method and keys
+
+
+class RacingQueue:
+    """A queue whose first declarations lose a race on the broker (RabbitMQ's 404)."""
+
+    name = "notification.send_welcome.retry.1000ms"
+
+    def __init__(self, losses, reply_text="NOT_FOUND - home node 'rabbit@localhost' of durable "
+                 "queue 'notification.send_welcome.retry.1000ms' in vhost '/' is down or "
+                 "inaccessible"):
+        self.losses, self.reply_text, self.declared = losses, reply_text, 0
+
+    def __call__(self, channel):
+        return self
+
+    def declare(self):
+        self.declared += 1
+        if self.declared <= self.losses:
+            raise amqp.exceptions.NotFound(self.reply_text)
+
+
+def test_a_declaration_that_raced_another_is_tried_again(monkeypatch):
+    monkeypatch.setattr(topology.time, "sleep", lambda seconds: None)
+    queue = RacingQueue(losses=2)
+    topology.declare_queue(channel=None, queue=queue)
+    assert queue.declared == 3
+
+
+def test_a_queue_that_stays_inaccessible_or_is_missing_raises(monkeypatch):
+    monkeypatch.setattr(topology.time, "sleep", lambda seconds: None)
+    with pytest.raises(amqp.exceptions.NotFound):
+        topology.declare_queue(channel=None, queue=RacingQueue(losses=99))
+    missing = RacingQueue(losses=1, reply_text="NOT_FOUND - no exchange 'x' in vhost '/'")
+    with pytest.raises(amqp.exceptions.NotFound):
+        topology.declare_queue(channel=None, queue=missing)
+    assert missing.declared == 1  # not a race: not tried again
