@@ -94,3 +94,20 @@ def plain(rabbit_config):
     client = PlainClient(rabbit_config["AMQP_URI"])
     yield client
     client.close()
+
+
+@pytest.fixture
+def broker_proxy(container_factory, rabbit_config):
+    """A TCP proxy between the services under test and the broker (``.amqp_uri`` goes through it).
+
+    ``cut()`` takes the broker away from them alone, leaving the machine's shared broker up. Torn
+    down before the containers (it depends on container_factory): it restores the link, so that
+    they can stop cleanly.
+    """
+    from tests.support.proxy import TcpProxy
+    proxy = TcpProxy("127.0.0.1", 5672)
+    url = urlparse(rabbit_config["AMQP_URI"])
+    proxy.amqp_uri = url._replace(
+        netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl()
+    yield proxy
+    proxy.restore()

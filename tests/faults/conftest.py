@@ -12,7 +12,6 @@ RELIABILITY_RESULTS=<file.json>: each scenario adds its row there (``make reliab
 import json
 import os
 from collections import Counter
-from urllib.parse import urlparse
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -24,7 +23,6 @@ from services.notification.models import Contact, Notification
 from services.notification.service import NotificationService
 from tests.support.broker import PlainClient, wait_until
 from tests.support.db import query
-from tests.support.proxy import TcpProxy
 
 ENROLLED_QUEUE = "notification.confirm_enrollment"
 TAP_QUEUE = "faults.tap.course_enrolled"
@@ -35,16 +33,6 @@ USERS = 400
 def database_backend():
     """The matrix runs on SQLite (each service's own file), to stay within its time budget."""
     return "sqlite"
-
-
-@pytest.fixture
-def broker_proxy(rabbit_config):
-    proxy = TcpProxy("127.0.0.1", 5672)
-    url = urlparse(rabbit_config["AMQP_URI"])
-    proxy.amqp_uri = url._replace(
-        netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl()
-    yield proxy
-    proxy.restore()
 
 
 

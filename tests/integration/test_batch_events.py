@@ -16,7 +16,6 @@ from services.kit.db import normalize_url
 from services.kit.events import BatchEventHandler
 from tests.support.broker import wait_until
 from tests.support.db import query
-from tests.support.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -93,13 +92,13 @@ def inbox(config):
     return query(url_of(config), select(InboxRecord))
 
 
-def start_after_backlog(container_factory, config, plain, events):
-    """Declare the queue (a first start), stop, publish ``events``, start again: a backlog."""
+def start_after_backlog(container_factory, config, plain, bodies):
+    """Declare the queue (a first start), stop, publish ``bodies``, start again: a backlog."""
     first = container_factory(Ledger, config)
     first.start()
     first.stop()
-    for event in events:
-        plain.publish(event["event_type"], event)
+    for body in bodies:
+        plain.publish("entry.made", body)
     container = container_factory(Ledger, config)
     container.start()
     return container
@@ -163,43 +162,30 @@ def test_duplicate_inside_a_batch_has_one_effect(container_factory, config, plai
 
 
 def test_connection_lost_in_the_middle_of_a_backlog_loses_and_doubles_nothing(
-        container_factory, config, plain, database_backend):
+        container_factory, config, plain, broker_proxy, database_backend):
     if database_backend != "sqlite":
         pytest.skip("a broker fault: one backend is enough")
-    proxy = TcpProxy("127.0.0.1", 5672)
-    url = urlparse(config["AMQP_URI"])
-    through_proxy = dict(config, AMQP_URI=url._replace(
-        netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl())
-    try:
-        count = 400
-        Ledger.pause = 0.02  # a batch takes a while: the cut lands among batches in flight
-        start_after_backlog(container_factory, through_proxy, plain,
-                            [entry_event(seq) for seq in range(count)])
-        wait_until(lambda: len(entries(config)) >= 100, timeout=30, message="a quarter handled")
-        proxy.drop_connections()  # unacked and waiting messages go back to the queue
-        assert len(entries(config)) < count  # the cut came in the middle
+    count = 400
+    Ledger.pause = 0.02  # a batch takes a while: the cut lands among batches in flight
+    start_after_backlog(container_factory, dict(config, AMQP_URI=broker_proxy.amqp_uri), plain,
+                        [entry_event(seq) for seq in range(count)])
+    wait_until(lambda: len(entries(config)) >= 100, timeout=30, message="a quarter handled")
+    broker_proxy.drop_connections()  # unacked and waiting messages go back to the queue
+    assert len(entries(config)) < count  # the cut came in the middle
 
-        wait_until(lambda: len(entries(config)) == count
-                   and plain.message_count(QUEUE) == 0, timeout=60,
-                   message="every event handled after the reconnection")
-        assert [row.seq for row in entries(config)] == list(range(count))
-        assert len(inbox(config)) == count
-        assert plain.message_count(QUEUE + ".dlq") == 0
-    finally:
-        proxy.restore()
+    wait_until(lambda: len(entries(config)) == count and plain.message_count(QUEUE) == 0,
+               timeout=60, message="every event handled after the reconnection")
+    assert [row.seq for row in entries(config)] == list(range(count))
+    assert len(inbox(config)) == count
+    assert plain.message_count(QUEUE + ".dlq") == 0
 
 
 def test_poison_message_among_a_batch_is_dead_lettered_alone(container_factory, config, plain,
                                                              database_backend):
     if database_backend != "sqlite":
         pytest.skip("parsing happens before the database: one backend is enough")
-    first = container_factory(Ledger, config)
-    first.start()
-    first.stop()
-    plain.publish("entry.made", entry_event(0))
-    plain.publish("entry.made", b"{not json")
-    plain.publish("entry.made", entry_event(1))
-    container_factory(Ledger, config).start()
+    start_after_backlog(container_factory, config, plain,
+                        [entry_event(0), b"{not json", entry_event(1)])
 
     wait_until(lambda: len(entries(config)) == 2, timeout=15, message="events handled")
     _, properties, body = plain.get(QUEUE + ".dlq")

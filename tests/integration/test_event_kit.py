@@ -4,7 +4,6 @@ Each test gets its own RabbitMQ vhost (nameko's ``rabbit_config`` fixture) and i
 """
 import json
 from datetime import datetime
-from urllib.parse import urlparse
 
 import eventlet
 import pika
@@ -21,7 +20,6 @@ from services.kit.constants import EVENTS_EXCHANGE, HEADER_REPLAYED
 from services.kit.db import normalize_url
 from tests.support.broker import wait_until
 from tests.support.db import query
-from tests.support.proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -131,21 +129,6 @@ def databases(make_database_url, database_backend):
 def config(rabbit_config, databases):
     return dict(rabbit_config, DB_URIS=databases, EVENT_RETRY_DELAYS=[0.2, 0.4],
                 OUTBOX_POLL_INTERVAL=0.5, HEARTBEAT=5)
-
-
-@pytest.fixture
-def broker_proxy(container_factory, rabbit_config):
-    """A TCP proxy between the services under test and the broker.
-
-    Torn down before the containers (it depends on container_factory): it restores the link, so
-    that they can stop cleanly, and stays open until the process ends.
-    """
-    proxy = TcpProxy("127.0.0.1", 5672)
-    url = urlparse(rabbit_config["AMQP_URI"])
-    proxy.amqp_uri = url._replace(
-        netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl()
-    yield proxy
-    proxy.restore()
 
 
 def rows(url, model):
