@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from nameko.exceptions import UnknownService
 from nameko.testing.services import worker_factory
 from sqlalchemy import create_engine, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from services.kit.db import utcnow
@@ -230,7 +230,7 @@ class FakeBackend:
 
 def make_sender(engine, backend, max_attempts=3):
     sender = MailSender()
-    sender.database = SimpleNamespace(Session=sessionmaker(bind=engine))
+    sender.database = SimpleNamespace(engine=engine)
     sender.backend = backend
     sender.retry_interval = 10.0
     sender.max_attempts = max_attempts
