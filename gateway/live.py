@@ -7,9 +7,9 @@
 Each gateway process has its own queue, so with several gateway instances behind a load balancer
 every instance sees every event and any of them can serve a browser. The queue exists only while
 someone watches: the first open stream starts the feed, which stops FEED_IDLE_SECONDS after the
-last one closed. This is a display: no
-inbox, no acks (the broker forgets an event once it is handed over), and a queue that vanishes
-with its process. The durable record of events is the analytics service's log.
+last one closed. This is a display: no inbox, no acks (the broker forgets an event once it is
+handed over), and a queue that vanishes with its feed. The durable record of events is the
+analytics service's log.
 
 What a stream shows of an event is ``public_view``: its type, time, source, id, and the ids,
 titles and ratings in its data; never an email address or a person's name (``user.registered``
@@ -40,7 +40,7 @@ DEFAULT_BUFFER = 256  # events a slow browser may be behind before its oldest ar
 DEFAULT_MAX_STREAMS = 100
 HEARTBEAT_SECONDS = 15.0
 RECONNECT_SECONDS = 1.0
-BIND_WAIT_SECONDS = 5.0  # a new stream waits this long at most for the feed's queue
+BIND_WAIT_SECONDS = 5.0  # a new stream waits this long at most for a new feed's first attempt
 FEED_IDLE_SECONDS = 30.0  # the feed stops this long after the last stream closed
 
 
@@ -169,13 +169,15 @@ class LiveEvents(SharedExtension):
         if view is not None:
             self.publish(view)
 
-    def _unwatched(self):
-        """True once no stream has been open for FEED_IDLE_SECONDS; the feed then ends.
+    def _unwatched(self, queue_name):
+        """True once the feed of ``queue_name`` should end: no stream for FEED_IDLE_SECONDS.
 
         ``_feed`` is cleared here, with no greenthread switch before the feed returns, so a
         stream that opens from now on starts a new feed (with a new queue) instead of relying
-        on this one.
+        on this one. A feed that a newer one replaced ends too, touching nothing.
         """
+        if queue_name != self.queue_name:
+            return True
         if self.subscriptions or time.monotonic() - self._idle_since < FEED_IDLE_SECONDS:
             return False
         self._feed = None
@@ -184,7 +186,7 @@ class LiveEvents(SharedExtension):
 
     def _consume(self):
         queue_name, first_attempt = self.queue_name, self.first_attempt
-        while self._running and not self._unwatched():
+        while self._running and not self._unwatched(queue_name):
             try:
                 # max_retries 0: a failed attempt raises at once; this loop tries again
                 with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30, connect_timeout=5,
@@ -206,7 +208,7 @@ class LiveEvents(SharedExtension):
                             # events a drain never times out, and a client that sends no
                             # heartbeat is cut off by the broker after two intervals
                             connection.heartbeat_check()
-                            if self._unwatched():
+                            if self._unwatched(queue_name):
                                 return
             except Exception as exc:  # broker away: try again, the dashboard just goes quiet
                 if not first_attempt.ready():
