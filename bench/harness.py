@@ -576,8 +576,9 @@ def main(argv=None):
     parser.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"),
                         help="markdown put under the header of results.md (if it exists)")
     parser.add_argument("--profile", action="append", default=[], metavar="SERVICE",
-                        help="run SERVICE (e.g. kit_sink, course, gateway) under pyinstrument; "
-                             "its profile goes to OUT/profile-SERVICE.txt")
+                        help="run SERVICE (e.g. kit_sink, course, gateway) under pyinstrument "
+                             "(cProfile with BENCH_CPROFILE=1); its profile goes to "
+                             "OUT/profile-SERVICE.txt")
     parser.add_argument("--only", default=",".join(PHASES), metavar="PHASE,...",
                         help="run only these phases (of %s); a partial run is printed, not "
                              "written, unless --out is given" % ", ".join(PHASES))

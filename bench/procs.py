@@ -91,7 +91,7 @@ class Service:
         self.log_path = os.path.join(self.workdir, f"{self.label}.log")
         self.log = open(self.log_path, "wb")
         command = [nameko_bin(), "run", "--config", path, *self.targets]
-        if self.profile_to:  # sampled by pyinstrument; written when the service stops
+        if self.profile_to:  # pyinstrument, or cProfile with BENCH_CPROFILE; written at stop
             if os.environ.get("BENCH_CPROFILE"):
                 command = [sys.executable, "-m", "cProfile", "-o", self.profile_to,
                            "-m", "nameko", *command[1:]]

@@ -129,10 +129,10 @@ class LiveEvents(SharedExtension):
 
     kill = stop
 
-    def subscribe(self, wait=BIND_WAIT_SECONDS):
+    def subscribe(self):
         """A new stream's subscription; starts the feed if it is not running.
 
-        A new feed's first attempt to bind its queue is waited for (``wait`` seconds at most),
+        A new feed's first attempt to bind its queue is waited for (BIND_WAIT_SECONDS at most),
         so that what is published after the stream opened reaches it; with the broker away,
         the stream opens at once and shows events once the feed reconnects.
         """
@@ -143,7 +143,7 @@ class LiveEvents(SharedExtension):
         self.subscriptions.add(subscription)
         self.start_feed()
         if self._feed is not None:
-            self.first_attempt.wait(timeout=wait)
+            self.first_attempt.wait(timeout=BIND_WAIT_SECONDS)
         return subscription
 
     def unsubscribe(self, subscription):

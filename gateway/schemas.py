@@ -77,13 +77,11 @@ class UtcQueryDateTime(fields.AwareDateTime):
 
 
 class EventQuery(PageQuery):
-    """GET /api/events: filters of the analytics event log (all optional)."""
-    type = fields.String(validate=validate.Length(min=1, max=255),
-                         metadata={"description": "event type, e.g. course.enrolled"})
-    since = UtcQueryDateTime(metadata={
-        "description": "ISO 8601; events at or after it (UTC when no offset is given)"})
-    until = UtcQueryDateTime(metadata={
-        "description": "ISO 8601; events before it (UTC when no offset is given)"})
+    """GET /api/events: filters of the analytics event log (all optional; their descriptions
+    are in gateway/openapi.py, EVENT_PARAMETERS)."""
+    type = fields.String(validate=validate.Length(min=1, max=255))
+    since = UtcQueryDateTime()
+    until = UtcQueryDateTime()
     user_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
     course_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
 

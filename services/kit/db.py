@@ -13,6 +13,7 @@ A service's ``models.py`` adds the two tables to its own declarative base::
 
 and its service class declares ``db = Database(Base)``. Entrypoints use ``self.db.session``.
 """
+import functools
 import os
 from datetime import datetime, timezone
 
@@ -134,12 +135,13 @@ class Database(nameko_sqlalchemy.Database):
         self.Session = nameko_sqlalchemy.database.sessionmaker(
             bind=self.engine, class_=nameko_sqlalchemy.database.Session, **self.session_options)
 
-    # properties, not set in setup(): other extensions' setup() may run before this one's
-    @property
+    # found on first use, not in setup(): other extensions' setup() may run before this one's;
+    # kept, since every worker of a handler (each event of a batch) and every relay pass asks
+    @functools.cached_property
     def outbox_model(self):
         return find_model(self.declarative_base, OutboxEventMixin)
 
-    @property
+    @functools.cached_property
     def inbox_model(self):
         return find_model(self.declarative_base, InboxRecordMixin)
 

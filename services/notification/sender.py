@@ -86,7 +86,7 @@ class MailSender(BackgroundLoop, DependencyProvider):
                 try:
                     self.backend.send(mail.email, mail.subject, mail.body)
                 except Exception as exc:
-                    self.record_failure(mail.id, mail, exc)
+                    self.record_failure(mail, exc)
                     continue
                 delivered.append(mail)
             self.record_sent(delivered)
@@ -133,20 +133,20 @@ class MailSender(BackgroundLoop, DependencyProvider):
         for mail in mails:
             log.info("notification %s (%s) sent to %s", mail.id, mail.kind, mail.email)
 
-    def record_failure(self, notification_id, mail, exc):
+    def record_failure(self, mail, exc):
         attempts = mail.attempts + 1
         permanent = isinstance(exc, MailError) and exc.permanent
         error = f"{type(exc).__name__}: {exc}"[:2000]
         if permanent or attempts >= self.max_attempts:
             values = {"status": FAILED, "next_attempt_at": None}
             log.error("notification %s to %s failed for good after %d attempt(s): %s",
-                      notification_id, mail.email, attempts, error)
+                      mail.id, mail.email, attempts, error)
         else:
             delay = retry_delay(attempts, self.retry_interval, self.max_retry_delay)
             values = {"next_attempt_at": utcnow() + timedelta(seconds=delay)}
             log.warning("notification %s to %s not sent (attempt %d of %d), retrying in %gs: %s",
-                        notification_id, mail.email, attempts, self.max_attempts, delay, error,
+                        mail.id, mail.email, attempts, self.max_attempts, delay, error,
                         exc_info=not isinstance(exc, MailError))
         with self.database.engine.begin() as connection:
-            connection.execute(update(Notification).where(Notification.id == notification_id)
+            connection.execute(update(Notification).where(Notification.id == mail.id)
                                .values(attempts=attempts, last_error=error, **values))

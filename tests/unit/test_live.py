@@ -1,7 +1,10 @@
 """gateway/live.py: what the public stream shows of an event, bounded buffers, the SSE format."""
 import json
 
+import pytest
+
 from gateway.live import LiveEvents, Subscription, public_view, sse_message, stream
+from services.kit.errors import ServiceUnavailable
 
 
 def test_public_view_keeps_ids_titles_and_ratings_never_emails_or_names():
@@ -43,9 +46,15 @@ def test_sse_message_is_one_event_with_json_data():
     assert text == 'id: 3\nevent: event\ndata: {"event_type":"x.y","data":{"a":1}}\n\n'
 
 
-def test_stream_sends_events_heartbeats_and_unsubscribes_when_closed():
+def unstarted_live(max_streams, buffer_size):
+    """LiveEvents without a container: streams and fan-out only, no feed from the broker."""
     live = LiveEvents()
-    live.max_streams, live.buffer_size = 2, 10
+    live.max_streams, live.buffer_size = max_streams, buffer_size
+    return live
+
+
+def test_stream_sends_events_heartbeats_and_unsubscribes_when_closed():
+    live = unstarted_live(max_streams=2, buffer_size=10)
     subscription = live.subscribe()
     body = stream(live, subscription, heartbeat=0.01)
     assert next(body) == "retry: 2000\n\n"
@@ -57,19 +66,14 @@ def test_stream_sends_events_heartbeats_and_unsubscribes_when_closed():
 
 
 def test_streams_beyond_the_limit_are_refused_with_503():
-    import pytest
-
-    from services.kit.errors import ServiceUnavailable
-    live = LiveEvents()
-    live.max_streams, live.buffer_size = 1, 10
+    live = unstarted_live(max_streams=1, buffer_size=10)
     live.subscribe()
     with pytest.raises(ServiceUnavailable):
         live.subscribe()
 
 
 def test_a_stream_that_fell_behind_is_told_how_many_events_it_missed():
-    live = LiveEvents()
-    live.max_streams, live.buffer_size = 2, 2
+    live = unstarted_live(max_streams=2, buffer_size=2)
     subscription = live.subscribe()
     body = stream(live, subscription, heartbeat=0.01)
     assert next(body) == "retry: 2000\n\n"
