@@ -10,7 +10,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bench.payload import event_data
 from services.kit import Database, EventDispatcher, batch_event_handler, event_handler
-from services.kit.db import InboxRecordMixin, OutboxEventMixin
+from services.kit.db import InboxHorizonMixin, InboxRecordMixin, OutboxEventMixin
 
 RELAY_ONLY = "bench.relay_only"  # bound to a queue nobody consumes: the relay alone
 END_TO_END = "bench.event"       # consumed by KitSink
@@ -28,6 +28,10 @@ class OutboxEvent(OutboxEventMixin, Base):
 
 class InboxRecord(InboxRecordMixin, Base):
     __tablename__ = "inbox_records"
+
+
+class InboxHorizon(InboxHorizonMixin, Base):
+    pass
 
 
 class Received(Base):

@@ -14,7 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.kit.db import BigId, InboxRecordMixin, utcnow
+from services.kit.db import BigId, InboxHorizonMixin, InboxRecordMixin, utcnow
 
 
 class Base(DeclarativeBase):
@@ -22,6 +22,10 @@ class Base(DeclarativeBase):
 
 
 class InboxRecord(InboxRecordMixin, Base):
+    pass
+
+
+class InboxHorizon(InboxHorizonMixin, Base):
     pass
 
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from services.kit import InboxRecordMixin, OutboxEventMixin
+from services.kit import InboxHorizonMixin, InboxRecordMixin, OutboxEventMixin
 from services.kit.db import BigId, utcnow
 
 
@@ -18,6 +18,10 @@ class OutboxEvent(OutboxEventMixin, Base):
 
 
 class InboxRecord(InboxRecordMixin, Base):
+    pass
+
+
+class InboxHorizon(InboxHorizonMixin, Base):
     pass
 
 

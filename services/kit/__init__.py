@@ -6,7 +6,7 @@ A service imports what it needs from here::
 
 and nothing from any other service.
 """
-from services.kit.db import Database, InboxRecordMixin, OutboxEventMixin
+from services.kit.db import Database, InboxHorizonMixin, InboxRecordMixin, OutboxEventMixin
 from services.kit.envelope import Event, InvalidEvent
 from services.kit.events import (
     BatchEventHandler, EventDispatcher, EventHandler, batch_event_handler, event_handler,
@@ -18,6 +18,7 @@ __all__ = [
     "Event",
     "EventDispatcher",
     "EventHandler",
+    "InboxHorizonMixin",
     "InboxRecordMixin",
     "InvalidEvent",
     "OutboxEventMixin",

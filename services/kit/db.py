@@ -1,6 +1,7 @@
 """Each service's database: nameko-sqlalchemy's ``Database`` plus the outbox and inbox tables.
 
-A service's ``models.py`` adds the two tables to its own declarative base::
+A service's ``models.py`` adds the kit's tables to its own declarative base (the inbox and its
+horizon only if it handles events)::
 
     class Base(DeclarativeBase):
         pass
@@ -9,6 +10,9 @@ A service's ``models.py`` adds the two tables to its own declarative base::
         pass
 
     class InboxRecord(InboxRecordMixin, Base):
+        pass
+
+    class InboxHorizon(InboxHorizonMixin, Base):
         pass
 
 and its service class declares ``db = Database(Base)``. Entrypoints use ``self.db.session``.
@@ -55,7 +59,21 @@ class InboxRecordMixin:
     consumer: Mapped[str] = mapped_column(String(255), primary_key=True)  # the queue name
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_type: Mapped[str] = mapped_column(String(255))
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # indexed: the retention sweep deletes by age (services/kit/retention.py)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                   index=True)
+
+
+class InboxHorizonMixin:
+    """Per consumer: inbox records processed before ``pruned_before`` may have been deleted.
+
+    Written by the retention sweep before it deletes; read for a replayed event the inbox does
+    not know (services/kit/retention.py says why).
+    """
+    __tablename__ = "inbox_horizons"
+
+    consumer: Mapped[str] = mapped_column(String(255), primary_key=True)  # the queue name
+    pruned_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def check_database(session, service_name):
@@ -144,6 +162,10 @@ class Database(nameko_sqlalchemy.Database):
     @functools.cached_property
     def inbox_model(self):
         return find_model(self.declarative_base, InboxRecordMixin)
+
+    @functools.cached_property
+    def inbox_horizon_model(self):
+        return find_model(self.declarative_base, InboxHorizonMixin)
 
     def worker_setup(self, worker_ctx):
         inbox_entries = getattr(worker_ctx.entrypoint, "inbox_entries", None)

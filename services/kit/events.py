@@ -64,6 +64,7 @@ from services.kit.constants import (
 )
 from services.kit.db import Database, utcnow
 from services.kit.envelope import InvalidEvent, new_event, parse_event
+from services.kit.retention import RetentionSweeper, may_have_forgotten
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ class EventDispatcher(nameko_events.EventDispatcher):
 
     topology = Topology()
     relay = OutboxRelay()
+    retention = RetentionSweeper()  # OUTBOX_RETENTION
     metrics_server = metrics.MetricsServer()  # METRICS_PORT
 
     def __init__(self, **options):
@@ -326,6 +328,7 @@ class EventHandler(nameko_events.EventHandler):
     queue_consumer = EventQueueConsumer()
     topology = Topology()
     failure_router = FailureRouter()
+    retention = RetentionSweeper()  # INBOX_RETENTION
     metrics_server = metrics.MetricsServer()  # METRICS_PORT
 
     def __init__(self, *binding_keys, **kwargs):
@@ -345,6 +348,8 @@ class EventHandler(nameko_events.EventHandler):
         self.queue = topology.consumer_queue(self.queue_name, self.binding_keys, config)
         self.retry_delays = topology.retry_delays(config)
         self.database = find_database(self.container, "@event_handler")
+        self.database.require(self.database.inbox_horizon_model, "InboxHorizonMixin",
+                              "@event_handler")
         self.topology.declare({self.queue_name: self.binding_keys})
         Consumer.setup(self)  # not nameko's EventHandler.setup: it names its own queue
 
@@ -384,6 +389,13 @@ class EventHandler(nameko_events.EventHandler):
         if self._may_be_duplicate(message) and self._already_processed(event):
             self._skip_duplicate(message, event)
             return None
+        if HEADER_REPLAYED in (message.headers or {}) and self._may_have_forgotten(event):
+            reason = (f"replayed event from {event.timestamp.isoformat()} is older than the "
+                      f"inbox retention of {self.queue_name} (INBOX_RETENTION): whether it was "
+                      f"handled before cannot be told, so it is not handled again")
+            log.warning("%s; parked in its DLQ", reason)
+            self._park(message, reason=reason, exception="BeyondInboxRetention", attempts=0)
+            return None
         return event
 
     @staticmethod
@@ -397,6 +409,12 @@ class EventHandler(nameko_events.EventHandler):
         headers = message.headers or {}
         return bool(message.delivery_info.get("redelivered") or HEADER_ATTEMPTS in headers
                     or HEADER_REPLAYED in headers)
+
+    def _may_have_forgotten(self, event):
+        try:
+            return may_have_forgotten(self.database, self.queue_name, event)
+        except Exception:  # database away: the worker fails and the message is retried
+            return False
 
     def _already_processed(self, event):
         try:

@@ -16,6 +16,8 @@ Events (label ``service``: the one counting; ``event_type``; ``queue``: ``<servi
                                                  failed / invalid)
     knowledge_nest_events_duplicates_skipped_total  already in the inbox: acked, not run again
     knowledge_nest_outbox_backlog                events in the outbox not yet published
+    knowledge_nest_rows_pruned_total             outbox rows and inbox records deleted by the
+                                                 retention sweep (label ``table``: outbox/inbox)
 
 HTTP (the gateway): ``knowledge_nest_http_requests_total{method, route, status}`` and
 ``knowledge_nest_http_request_duration_seconds{method, route}`` (a histogram); ``route`` is the
@@ -54,6 +56,9 @@ EVENTS_DUPLICATES = Counter(
 OUTBOX_BACKLOG = Gauge(
     "knowledge_nest_outbox_backlog", "Events in the outbox not yet published",
     ["service"])
+ROWS_PRUNED = Counter(
+    "knowledge_nest_rows_pruned_total", "Sent outbox rows and inbox records past retention deleted",
+    ["service", "table"])
 HTTP_REQUESTS = Counter(
     "knowledge_nest_http_requests_total", "HTTP requests answered by the gateway",
     ["method", "route", "status"])
@@ -82,6 +87,10 @@ def event_dead_lettered(service, queue, event_type, reason):
 
 def duplicate_skipped(service, queue, event_type):
     EVENTS_DUPLICATES.labels(service, queue, event_type).inc()
+
+
+def rows_pruned(service, table, count):
+    ROWS_PRUNED.labels(service, table).inc(count)
 
 
 def outbox_backlog(service, count):

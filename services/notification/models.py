@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.kit.db import BigId, InboxRecordMixin, utcnow
+from services.kit.db import BigId, InboxHorizonMixin, InboxRecordMixin, utcnow
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 STATUSES = (PENDING, SENT, FAILED)
@@ -29,6 +29,10 @@ class Base(DeclarativeBase):
 
 
 class InboxRecord(InboxRecordMixin, Base):
+    pass
+
+
+class InboxHorizon(InboxHorizonMixin, Base):
     pass
 
 
