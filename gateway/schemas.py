@@ -203,8 +203,12 @@ class MinuteCountSchema(ResponseSchema):
 class AnalyticsSummarySchema(ResponseSchema):
     events_total = fields.Integer(required=True)
     events_by_type = fields.Dict(required=True, keys=fields.String(), values=fields.Integer())
-    registrations_per_day = fields.List(fields.Nested(DayCountSchema), required=True)
-    enrollments_per_course = fields.List(fields.Nested(CourseCountSchema), required=True)
+    registrations_per_day = fields.List(fields.Nested(DayCountSchema), required=True, metadata={
+        "description": "the last 30 days (UTC) that had a registration"})
+    enrollments_per_course = fields.List(fields.Nested(CourseCountSchema), required=True, metadata={
+        "description": "the 10 courses with most enrollments, most first"})
+    enrollments_in_other_courses = fields.Integer(required=True, metadata={
+        "description": "enrollments in every other course, together"})
     rating_distribution = fields.Dict(required=True, keys=fields.String(),
                                       values=fields.Integer(), metadata={
                                           "description": "\"1\" to \"5\": how many reviews"})

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 RATINGS = (1, 2, 3, 4, 5)
 SUMMARY_MINUTES = 60
+# The public summary stays the same size however many courses and days there are.
+SUMMARY_TOP_COURSES = 10
+SUMMARY_DAYS = 30
 MAX_BIGINT = 2**63 - 1
 
 
@@ -131,23 +134,32 @@ def list_events(session, event_type=None, since=None, until=None, user_id=None, 
 
 
 def summary(session, now=None):
-    """The aggregates; events_per_minute covers the last SUMMARY_MINUTES minutes (by event time)."""
+    """The aggregates, bounded: registrations of the last SUMMARY_DAYS days, the
+    SUMMARY_TOP_COURSES courses with most enrollments (the rest counted together), and
+    events_per_minute of the last SUMMARY_MINUTES minutes (by event time). Each list is an
+    index range read, whatever the size of the tables."""
+    now = now or utcnow()
     by_type = {event_type: count for event_type, count in session.execute(
         select(EventTypeCount.event_type, EventTypeCount.count)
         .order_by(EventTypeCount.event_type))}
+    first_day = now.date() - timedelta(days=SUMMARY_DAYS - 1)
     registrations = [{"day": day.isoformat(), "count": count} for day, count in session.execute(
         select(RegistrationsPerDay.day, RegistrationsPerDay.count)
+        .where(RegistrationsPerDay.day >= first_day)
         .order_by(RegistrationsPerDay.day))]
     enrollments = [{"course_id": course_id, "course_title": title, "count": count}
                    for course_id, title, count in session.execute(
                        select(EnrollmentsPerCourse.course_id, EnrollmentsPerCourse.course_title,
                               EnrollmentsPerCourse.count)
                        .order_by(EnrollmentsPerCourse.count.desc(),
-                                 EnrollmentsPerCourse.course_id))]
+                                 EnrollmentsPerCourse.course_id.desc())
+                       .limit(SUMMARY_TOP_COURSES))]
+    # every course.enrolled is counted by type; what the top courses do not hold is the rest
+    other_enrollments = by_type.get("course.enrolled", 0) - sum(row["count"] for row in enrollments)
     ratings = {str(rating): 0 for rating in RATINGS}
     for rating, count in session.execute(select(RatingCount.rating, RatingCount.count)):
         ratings[str(rating)] = count
-    last_minute = floor_minute(now or utcnow())
+    last_minute = floor_minute(now)
     first_minute = last_minute - timedelta(minutes=SUMMARY_MINUTES - 1)
     per_minute = [{"minute": as_utc(minute).isoformat(), "event_type": event_type,
                    "count": count}
@@ -160,4 +172,5 @@ def summary(session, now=None):
     session.rollback()  # reads only
     return {"events_total": sum(by_type.values()), "events_by_type": by_type,
             "registrations_per_day": registrations, "enrollments_per_course": enrollments,
+            "enrollments_in_other_courses": other_enrollments,
             "rating_distribution": ratings, "events_per_minute": per_minute}

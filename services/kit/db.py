@@ -1,7 +1,7 @@
 """Each service's database: nameko-sqlalchemy's ``Database`` plus the outbox and inbox tables.
 
 A service's ``models.py`` adds the kit's tables to its own declarative base (the inbox and its
-horizon only if it handles events)::
+horizon only if it handles events; without the horizon its inbox is never pruned)::
 
     class Base(DeclarativeBase):
         pass

@@ -348,8 +348,6 @@ class EventHandler(nameko_events.EventHandler):
         self.queue = topology.consumer_queue(self.queue_name, self.binding_keys, config)
         self.retry_delays = topology.retry_delays(config)
         self.database = find_database(self.container, "@event_handler")
-        self.database.require(self.database.inbox_horizon_model, "InboxHorizonMixin",
-                              "@event_handler")
         self.topology.declare({self.queue_name: self.binding_keys})
         Consumer.setup(self)  # not nameko's EventHandler.setup: it names its own queue
 

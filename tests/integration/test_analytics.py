@@ -280,6 +280,7 @@ def test_aggregates_and_the_log_over_rpc(container_factory, config_for, plain):
             {"day": minute.date().isoformat(), "count": 2}],
         "enrollments_per_course": [{"course_id": 10, "course_title": "Python", "count": 2},
                                    {"course_id": 11, "course_title": "Go", "count": 1}],
+        "enrollments_in_other_courses": 0,
         "rating_distribution": {"1": 0, "2": 1, "3": 0, "4": 0, "5": 1},
         "events_per_minute": [
             {"minute": minute.isoformat(), "event_type": event_type, "count": count}

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Integer, String, Text, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.kit import Database, InboxHorizonMixin, InboxRecordMixin, batch_event_handler, event_handler
+from services.kit import Database, InboxRecordMixin, batch_event_handler, event_handler
 from services.kit.db import normalize_url
 from services.kit.events import BatchEventHandler
 from tests.support.broker import wait_until
@@ -29,10 +29,6 @@ class Base(DeclarativeBase):
 
 
 class InboxRecord(InboxRecordMixin, Base):
-    pass
-
-
-class InboxHorizon(InboxHorizonMixin, Base):
     pass
 
 

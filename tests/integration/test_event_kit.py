@@ -15,9 +15,7 @@ from sqlalchemy import Integer, String, Text, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import topology
-from services.kit import (
-    Database, EventDispatcher, InboxHorizonMixin, InboxRecordMixin, OutboxEventMixin, event_handler,
-)
+from services.kit import Database, EventDispatcher, InboxRecordMixin, OutboxEventMixin, event_handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_REPLAYED
 from services.kit.db import normalize_url
 from tests.support.broker import wait_until
@@ -35,10 +33,6 @@ class OutboxEvent(OutboxEventMixin, Base):
 
 
 class InboxRecord(InboxRecordMixin, Base):
-    pass
-
-
-class InboxHorizon(InboxHorizonMixin, Base):
     pass
 
 

@@ -56,6 +56,30 @@ KNOWN_EVENTS = [
 ]
 
 
+def test_summary_stays_bounded_however_many_courses_and_days(session):
+    days = commands.SUMMARY_DAYS + 20
+    events = [Event(event_type="user.registered", data={"user_id": day, "email": f"u{day}@x.org",
+                                                        "name": "U"},
+                    timestamp=T0 - timedelta(days=day)) for day in range(days)]
+    courses = commands.SUMMARY_TOP_COURSES + 15
+    for course_id in range(1, courses + 1):  # course n has n enrollments
+        events += [Event(event_type="course.enrolled",
+                         data={"enrollment_id": course_id * 1000 + n, "user_id": n,
+                               "course_id": course_id, "course_title": f"C{course_id}"},
+                         timestamp=T0) for n in range(course_id)]
+    record_all(session, events)
+
+    summary = commands.summary(session, now=T0)
+
+    top = summary["enrollments_per_course"]
+    assert [row["course_id"] for row in top] == list(range(courses, courses - 10, -1))
+    total = courses * (courses + 1) // 2
+    assert summary["enrollments_in_other_courses"] == total - sum(row["count"] for row in top)
+    assert summary["events_by_type"]["course.enrolled"] == total
+    assert len(summary["registrations_per_day"]) == commands.SUMMARY_DAYS
+    assert summary["registrations_per_day"][-1]["day"] == T0.date().isoformat()
+
+
 def test_aggregates_after_a_known_set_of_events(session):
     record_all(session, KNOWN_EVENTS)
     summary = commands.summary(session, now=T0 + timedelta(minutes=5))
@@ -82,8 +106,8 @@ def test_aggregates_after_a_known_set_of_events(session):
 def test_an_empty_log_summarises_to_zeros(session):
     assert commands.summary(session) == {
         "events_total": 0, "events_by_type": {}, "registrations_per_day": [],
-        "enrollments_per_course": [], "rating_distribution": {str(n): 0 for n in range(1, 6)},
-        "events_per_minute": []}
+        "enrollments_per_course": [], "enrollments_in_other_courses": 0,
+        "rating_distribution": {str(n): 0 for n in range(1, 6)}, "events_per_minute": []}
 
 
 def test_an_event_already_in_the_log_is_not_logged_or_counted_again(session):
