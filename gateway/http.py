@@ -18,8 +18,8 @@ from werkzeug import exceptions as http_exceptions
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
 
-from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceError, ServiceUnavailable,
-                                 Unauthorized, ValidationError)
+from services.kit.errors import (Busy, Conflict, Forbidden, NotFound, ServiceError,
+                                 ServiceUnavailable, Unauthorized, ValidationError)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ ERROR_TABLE = (
     (http_exceptions.RequestEntityTooLarge, 413, "payload_too_large",
      "request body too large"),
     (TooManyRequests, 429, "too_many_requests", None),
+    (Busy, 503, "service_unavailable", None),  # refused at once: its message says why
     (ServiceUnavailable, 503, "service_unavailable",
      "a service did not answer in time; try again later"),
     # The target service is not running at all (nameko: no queue bound for it).
@@ -102,6 +103,8 @@ def response_for_exception(exc):
     headers = {}
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, exc.retry_after))
+    if isinstance(exc, Busy):
+        headers["Retry-After"] = "1"
     if isinstance(exc, http_exceptions.MethodNotAllowed) and exc.valid_methods:
         headers["Allow"] = ", ".join(exc.valid_methods)
     return json_response(error_body(code, message, fields), status, headers)

@@ -1,7 +1,7 @@
 """auth's business rules, as plain functions of a SQLAlchemy session (the service wires them)."""
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.auth.models import User
@@ -45,13 +45,20 @@ def authenticate(session, passwords, email, password):
     except ValidationError:  # not even an email and a password: just as unknown
         raise Unauthorized(BAD_CREDENTIALS) from None
     user = session.execute(select(User).where(User.email == args["email"])).scalar_one_or_none()
+    password_hash, answer = (user.password_hash, UserSchema().dump(user)) if user else (None, None)
+    # The connection goes back to the pool before the slow hash: on SQLite it is the only one,
+    # and holding it would make every other request of the service wait for this hash.
+    session.rollback()
     # Always one argon2 verification: against a dummy hash when there is no such user.
-    if not passwords.verify(user.password_hash if user else None, args["password"]):
+    if not passwords.verify(password_hash, args["password"]):
         raise Unauthorized(BAD_CREDENTIALS)
-    if passwords.needs_rehash(user.password_hash):  # cost parameters were raised since
-        user.password_hash = passwords.hash(args["password"])
+    if passwords.needs_rehash(password_hash):  # cost parameters were raised since
+        new_hash = passwords.hash(args["password"])
+        session.execute(update(User).where(User.id == answer["id"],
+                                           User.password_hash == password_hash)
+                        .values(password_hash=new_hash))
         session.commit()
-    return UserSchema().dump(user)
+    return answer
 
 
 def get_user(session, user_id):

@@ -9,6 +9,9 @@ import unicodedata
 
 import argon2
 from eventlet import tpool
+from eventlet.semaphore import Semaphore
+
+from services.kit.errors import Busy
 
 MIN_LENGTH = 8
 MAX_LENGTH = 256
@@ -20,6 +23,11 @@ COMMON_PASSWORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 TIME_COST_CONFIG_KEY = "PASSWORD_HASH_TIME_COST"
 MEMORY_COST_CONFIG_KEY = "PASSWORD_HASH_MEMORY_COST"  # KiB
 PARALLELISM_CONFIG_KEY = "PASSWORD_HASH_PARALLELISM"
+# At most this many hashes run at once (default: one per CPU) and this many more wait for one
+# (default: twice that); a request beyond both is refused at once (503) rather than queued
+# until the gateway's RPC_TIMEOUT.
+CONCURRENCY_CONFIG_KEY = "PASSWORD_HASH_CONCURRENCY"
+QUEUE_CONFIG_KEY = "PASSWORD_HASH_QUEUE"
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,26 +64,62 @@ def make_hasher(config):
     )
 
 
+class HashingSlots:
+    """A bounded queue in front of argon2: ``concurrency`` run, ``queue`` wait, the rest refused.
+
+    argon2 costs ~0.1 s of CPU per hash at the default cost: a burst of logins beyond what the
+    CPUs can hash within the callers' RPC timeout only piles up work whose answers nobody will
+    read. Refusing the excess at once keeps the accepted ones fast and tells the client when to
+    come back.
+    """
+
+    def __init__(self, concurrency, queue):
+        if concurrency < 1 or queue < 0:
+            raise ValueError("PASSWORD_HASH_CONCURRENCY must be >= 1 and PASSWORD_HASH_QUEUE >= 0")
+        self.capacity = concurrency + queue
+        self.admitted = 0
+        self.running = Semaphore(concurrency)
+
+    def run(self, function, *args):
+        if self.admitted >= self.capacity:
+            raise Busy("too many sign-ins at once; try again in a moment")
+        self.admitted += 1  # greenthreads: no other one runs between the check and this
+        try:
+            with self.running:
+                return tpool.execute(function, *args)
+        finally:
+            self.admitted -= 1
+
+
+def hashing_slots(config):
+    """PASSWORD_HASH_CONCURRENCY (empty: one per CPU) and PASSWORD_HASH_QUEUE (empty: twice that)."""
+    concurrency, queue = config.get(CONCURRENCY_CONFIG_KEY), config.get(QUEUE_CONFIG_KEY)
+    concurrency = os.cpu_count() or 1 if concurrency in (None, "") else int(concurrency)
+    return HashingSlots(concurrency, 2 * concurrency if queue in (None, "") else int(queue))
+
+
 class Passwords:
     """Hashes and verifies passwords; verifies against a dummy hash when there is no user, so an
     unknown email costs about as long as a wrong password.
 
     argon2 is deliberately slow (tens of milliseconds, 64 MiB by default): it runs in eventlet's
-    native thread pool, so the service's other greenthreads go on meanwhile.
+    native thread pool, so the service's other greenthreads go on meanwhile, behind
+    ``HashingSlots`` (a burst beyond them is ``Busy`` at once).
     """
 
-    def __init__(self, hasher):
+    def __init__(self, hasher, slots=None):
         self.hasher = hasher
+        self.slots = slots or HashingSlots(os.cpu_count() or 1, 2 * (os.cpu_count() or 1))
         self.dummy_hash = hasher.hash("not a real password: timing equalizer")
 
     def hash(self, password):
-        return tpool.execute(self.hasher.hash, normalize_password(password))
+        return self.slots.run(self.hasher.hash, normalize_password(password))
 
     def verify(self, password_hash, password):
         """True if ``password`` matches; ``password_hash`` None verifies the dummy (False)."""
         try:
-            tpool.execute(self.hasher.verify, password_hash or self.dummy_hash,
-                          normalize_password(password))
+            self.slots.run(self.hasher.verify, password_hash or self.dummy_hash,
+                           normalize_password(password))
         except argon2.exceptions.VerificationError:  # mismatch or a corrupt hash
             return False
         except argon2.exceptions.InvalidHashError:

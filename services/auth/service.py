@@ -4,17 +4,19 @@ from nameko.rpc import rpc
 
 from services.auth import commands
 from services.auth.models import Base
-from services.auth.passwords import Passwords, make_hasher
+from services.auth.passwords import Passwords, hashing_slots, make_hasher
 from services.kit import Database, EventDispatcher
 from services.kit.db import check_database
-from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
+from services.kit.errors import EXPECTED_ERRORS, Busy, ServiceUnavailable
 
 
 class PasswordHashing(DependencyProvider):
-    """argon2id with the cost set in config (PASSWORD_HASH_TIME_COST, ..._MEMORY_COST, ...)."""
+    """argon2id with the cost set in config (PASSWORD_HASH_TIME_COST, ..._MEMORY_COST, ...),
+    behind a bounded queue (PASSWORD_HASH_CONCURRENCY, PASSWORD_HASH_QUEUE)."""
 
     def setup(self):
-        self.passwords = Passwords(make_hasher(self.container.config))
+        config = self.container.config
+        self.passwords = Passwords(make_hasher(config), hashing_slots(config))
 
     def get_dependency(self, worker_ctx):
         return self.passwords
@@ -27,12 +29,12 @@ class AuthService:
     dispatch = EventDispatcher()
     passwords = PasswordHashing()
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (Busy,))
     def register(self, email, password, name, role="student"):
         return commands.register(self.db.session, self.passwords, self.dispatch,
                                  email, password, name, role)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (Busy,))
     def authenticate(self, email, password):
         return commands.authenticate(self.db.session, self.passwords, email, password)
 

@@ -55,5 +55,11 @@ class ServiceUnavailable(ServiceError):
     code = "service_unavailable"
 
 
+@deserialize_to_instance
+class Busy(ServiceUnavailable):
+    """A service refused the request at once because it is at capacity; its message says why
+    (the gateway passes it on with a 503 and Retry-After)."""
+
+
 # Raised by entrypoints as expected outcomes: nameko logs them as warnings, not errors.
 EXPECTED_ERRORS = (ValidationError, NotFound, Conflict, Forbidden, Unauthorized)

@@ -175,3 +175,49 @@ def test_get_user(service):
 
 def test_health(service):
     assert service.health() == {"service": "auth", "database": "ok"}
+
+
+def test_a_burst_beyond_the_hashing_slots_is_refused_at_once_not_queued():
+    import time
+
+    import eventlet
+
+    from services.auth.passwords import HashingSlots
+    from services.kit.errors import Busy
+
+    slow = argon2.PasswordHasher(time_cost=4, memory_cost=32 * 1024, parallelism=1)
+    passwords = Passwords(slow, HashingSlots(concurrency=1, queue=1))
+    outcomes = []
+
+    def sign_in():
+        started = time.monotonic()
+        try:
+            passwords.hash("correct horse battery staple")
+            outcomes.append(("hashed", time.monotonic() - started))
+        except Busy as exc:
+            outcomes.append(("busy", time.monotonic() - started, str(exc)))
+
+    threads = [eventlet.spawn(sign_in) for _ in range(5)]
+    for thread in threads:
+        thread.wait()
+
+    assert sorted(outcome[0] for outcome in outcomes) == ["busy"] * 3 + ["hashed"] * 2
+    hashed = [outcome[1] for outcome in outcomes if outcome[0] == "hashed"]
+    refused = [outcome for outcome in outcomes if outcome[0] == "busy"]
+    # the refused ones did not wait for a hash: each answered before the first hash finished
+    assert max(outcome[1] for outcome in refused) < min(hashed)
+    assert "too many sign-ins" in refused[0][2]
+    # and the slots are free again afterwards
+    assert passwords.verify(passwords.hash("another fine passphrase"), "another fine passphrase")
+
+
+def test_hashing_slots_default_to_the_cpus_with_twice_as_many_waiting():
+    import os
+
+    from services.auth.passwords import hashing_slots
+
+    slots = hashing_slots({})
+    assert slots.capacity == 3 * (os.cpu_count() or 1)
+    assert hashing_slots({"PASSWORD_HASH_CONCURRENCY": 2, "PASSWORD_HASH_QUEUE": 0}).capacity == 2
+    with pytest.raises(ValueError):
+        hashing_slots({"PASSWORD_HASH_CONCURRENCY": 0})
