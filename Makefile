@@ -26,7 +26,13 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/python -m services.kit.runner --config $(CONFIG)
 
-test: install
+# The official AsyncAPI parser (tests/unit/test_contracts.py), when node is installed.
+ASYNCAPI_PARSER := tools/asyncapi/node_modules/.package-lock.json
+$(ASYNCAPI_PARSER): tools/asyncapi/package.json tools/asyncapi/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the AsyncAPI parser test will be skipped"; fi
+
+test: install $(ASYNCAPI_PARSER)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install

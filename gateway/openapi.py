@@ -156,4 +156,9 @@ def openapi_document():
         "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3", **_json({"type": "object"})},
                       **PLAIN_ERRORS}}})
+    spec.path("/api/asyncapi.json", operations={"get": {
+        "summary": "The event contract: every event on the broker, as AsyncAPI 3.0",
+        "responses": {"200": {"description": "AsyncAPI 3.0 (docs/asyncapi.json)",
+                              **_json({"type": "object"})},
+                      **PLAIN_ERRORS}}})
     return spec.to_dict()

@@ -17,6 +17,7 @@ from gateway import schemas
 from gateway.auth import TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.live import LiveFeed, stream
+from contracts.asyncapi import document as asyncapi_document
 from gateway.openapi import openapi_document
 from gateway.throttle import LoginThrottle
 from services.kit import metrics
@@ -209,6 +210,10 @@ class GatewayService:
     @http("GET", "/api/openapi.json")
     def openapi(self, request):
         return json_response(openapi_document())
+
+    @http("GET", "/api/asyncapi.json")
+    def asyncapi(self, request):
+        return json_response(asyncapi_document())
 
     @http("GET", "/metrics")
     def prometheus_metrics(self, request):

@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE_BACKENDS = ("sqlite", "postgresql")
+# config.yml's routing contract: the suite's services declare every subscription up front
+ROUTING_CONTRACT = "contracts.subscriptions:SUBSCRIPTIONS"
 
 
 def _admin_connection():
@@ -80,7 +82,8 @@ def services_config(rabbit_config, make_service_database, database_backend):
         db_uris = {f"{name}:Base": make_service_database(name, database_backend)
                    for name in service_names}
         config = dict(rabbit_config, DB_URIS=db_uris, EVENT_RETRY_DELAYS=[0.2, 0.5],
-                      OUTBOX_POLL_INTERVAL=0.5, RPC_TIMEOUT=10, HEARTBEAT=5)
+                      OUTBOX_POLL_INTERVAL=0.5, RPC_TIMEOUT=10, HEARTBEAT=5,
+                      SUBSCRIPTIONS=ROUTING_CONTRACT)
         config.update(overrides)
         return config
 

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from contracts import COURSE_ENROLLED, REVIEW_CREATED, USER_REGISTERED
 from services.analytics.models import (
     EnrollmentsPerCourse, EventLog, EventsPerMinute, EventTypeCount, RatingCount,
     RegistrationsPerDay,
@@ -91,9 +92,9 @@ def record(session, event, routing_key, received_at=None):
     increment(session, EventTypeCount, {"event_type": event.event_type})
     increment(session, EventsPerMinute, {"minute": floor_minute(timestamp),
                                          "event_type": event.event_type})
-    if event.event_type == "user.registered":
+    if event.event_type == USER_REGISTERED:
         increment(session, RegistrationsPerDay, {"day": timestamp.date()})
-    elif event.event_type == "course.enrolled":
+    elif event.event_type == COURSE_ENROLLED:
         course_id = integer_id(data.get("course_id"))
         if course_id is None:
             log.warning("course.enrolled %s has no integer course_id; logged, not counted "
@@ -102,7 +103,7 @@ def record(session, event, routing_key, received_at=None):
             title = data.get("course_title")
             increment(session, EnrollmentsPerCourse, {"course_id": course_id},
                       course_title=title[:300] if isinstance(title, str) else None)
-    elif event.event_type == "review.created":
+    elif event.event_type == REVIEW_CREATED:
         rating = valid_rating(data.get("rating"))
         if rating is None:
             log.warning("review.created %s has rating %r, not 1-5; logged, not counted in the "
@@ -155,7 +156,7 @@ def summary(session, now=None):
                                  EnrollmentsPerCourse.course_id.desc())
                        .limit(SUMMARY_TOP_COURSES))]
     # every course.enrolled is counted by type; what the top courses do not hold is the rest
-    other_enrollments = by_type.get("course.enrolled", 0) - sum(row["count"] for row in enrollments)
+    other_enrollments = by_type.get(COURSE_ENROLLED, 0) - sum(row["count"] for row in enrollments)
     ratings = {str(rating): 0 for rating in RATINGS}
     for rating, count in session.execute(select(RatingCount.rating, RatingCount.count)):
         ratings[str(rating)] = count

@@ -4,6 +4,7 @@ import logging
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from contracts import USER_REGISTERED
 from services.auth.models import User
 from services.auth.schemas import AuthenticateArgs, RegisterArgs, UserIdArgs, UserSchema
 from services.kit.errors import Conflict, NotFound, Unauthorized, ValidationError
@@ -29,7 +30,7 @@ def register(session, passwords, dispatch, email, password, name, role="student"
     except IntegrityError:
         session.rollback()
         raise Conflict(EMAIL_TAKEN, {"email": [EMAIL_TAKEN]}) from None
-    dispatch("user.registered", {"user_id": user.id, "email": user.email, "name": user.name})
+    dispatch(USER_REGISTERED, {"user_id": user.id, "email": user.email, "name": user.name})
     try:
         session.commit()
     except IntegrityError:  # the other register committed between our flush and commit

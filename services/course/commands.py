@@ -8,10 +8,10 @@ import logging
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from contracts import COURSE_CREATED, COURSE_ENROLLED, REVIEW_CREATED
 from services.course.models import Course, Enrollment
 from services.course.schemas import (
-    CourseIdArgs, CourseSchema, CreateCourseArgs, EnrollArgs, EnrollmentSchema,
-    ReviewCreatedData, UserIdArgs,
+    CourseIdArgs, CourseSchema, CreateCourseArgs, EnrollArgs, EnrollmentSchema, UserIdArgs,
 )
 from services.kit.errors import Conflict, Forbidden, NotFound
 from services.kit.schemas import PageArgs, page_of
@@ -34,7 +34,7 @@ def create_course(session, dispatch, args, instructor):
                     description=args["description"])
     session.add(course)
     session.flush()
-    dispatch("course.created", {"course_id": course.id, "title": course.title,
+    dispatch(COURSE_CREATED, {"course_id": course.id, "title": course.title,
                                 "instructor_id": course.instructor_id})
     session.commit()
     log.info("course %s created by instructor %s", course.id, course.instructor_id)
@@ -71,7 +71,7 @@ def enroll(session, dispatch, user_id, course_id):
     session.execute(update(Course).where(Course.id == course.id)
                     .values(enrollment_count=Course.enrollment_count + 1)
                     .execution_options(synchronize_session=False))
-    dispatch("course.enrolled", {"enrollment_id": enrollment.id, "user_id": enrollment.user_id,
+    dispatch(COURSE_ENROLLED, {"enrollment_id": enrollment.id, "user_id": enrollment.user_id,
                                  "course_id": course.id, "course_title": course.title})
     answer = EnrollmentSchema().dump(enrollment)  # before commit, which would expire and reload it
     try:
@@ -103,7 +103,7 @@ class UnknownCourse(LookupError):
 
 def record_rating(session, data):
     """Add one review's rating to its course's aggregate (the caller commits, with the inbox)."""
-    args = ReviewCreatedData().load_or_raise(data, "review.created data is not usable")
+    args = REVIEW_CREATED.read(data)  # InvalidEventData (a ValidationError): parked at once
     result = session.execute(
         update(Course).where(Course.id == args["course_id"])
         .values(rating_count=Course.rating_count + 1,

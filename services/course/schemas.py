@@ -1,6 +1,6 @@
 """RPC inputs (validated, raising services.kit.errors.ValidationError) and outputs of course."""
 
-from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
+from marshmallow import Schema, fields, pre_load, validate
 
 from services.kit.schemas import StrictSchema, UtcDateTime
 
@@ -54,13 +54,3 @@ class EnrollmentSchema(Schema):
     course_id = fields.Integer()
     course_title = fields.String()
     enrolled_at = UtcDateTime()
-
-
-class ReviewCreatedData(StrictSchema):
-    """What update_rating needs of a ``review.created`` event (other fields are ignored)."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    course_id = id_field()
-    rating = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=5))

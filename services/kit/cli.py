@@ -93,10 +93,8 @@ def cmd_migrate_queues(args, config):
 
     from services.kit import topology
     from services.kit.amqp import make_connection
-    from services.kit.constants import EXTRA_SUBSCRIPTIONS_CONFIG_KEY
 
-    subscriptions = dict(topology.SUBSCRIPTIONS)
-    subscriptions.update(config.get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {})
+    subscriptions = topology.configured_subscriptions(config)
     if args.queues:
         unknown = set(args.queues) - set(subscriptions)
         if unknown:

@@ -12,7 +12,6 @@ RETRY_SUFFIX = ".retry"
 # the same handlers.
 SHELL_EVENT_EXCHANGES = ("knowledge_nest.events", "auth.events", "course.events", "review.events")
 
-EVENT_TYPES = ("user.registered", "course.created", "course.enrolled", "review.created")
 ENVELOPE_VERSION = 1
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
@@ -29,6 +28,9 @@ HEADER_REPLAYED = "x-replayed"
 
 # Config keys (config.yml) and their defaults.
 PREFETCH_COUNT_CONFIG_KEY = "PREFETCH_COUNT"
+# The application's routing contract: {queue: [binding keys]}, or the import path
+# "module:attribute" of one (config.yml: contracts.subscriptions:SUBSCRIPTIONS).
+SUBSCRIPTIONS_CONFIG_KEY = "SUBSCRIPTIONS"
 EXTRA_SUBSCRIPTIONS_CONFIG_KEY = "EXTRA_SUBSCRIPTIONS"  # {queue: [binding keys]} declared too
 RETRY_DELAYS_CONFIG_KEY = "EVENT_RETRY_DELAYS"  # seconds between tries of a failing handler
 DEFAULT_RETRY_DELAYS = (1, 5, 30)

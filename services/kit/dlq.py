@@ -13,7 +13,7 @@ import amqp
 
 from services.kit import topology
 from services.kit.constants import (
-    DEAD_LETTER_SUFFIX, EXTRA_SUBSCRIPTIONS_CONFIG_KEY, HEADER_ATTEMPTS, HEADER_EXCEPTION,
+    DEAD_LETTER_SUFFIX, HEADER_ATTEMPTS, HEADER_EXCEPTION,
     HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REASON,
 )
 
@@ -73,9 +73,8 @@ class ParkedMessage:
 
 
 def dead_letter_queues(config):
-    subscriptions = dict(topology.SUBSCRIPTIONS)
-    subscriptions.update(config.get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {})
-    return [topology.dead_letter_queue_name(name) for name in subscriptions]
+    return [topology.dead_letter_queue_name(name)
+            for name in topology.configured_subscriptions(config)]
 
 
 class DeadLetters:

@@ -57,7 +57,7 @@ from services.kit.amqp import ConfirmedPublisher, PublishFailed, event_message, 
 from services.kit.constants import (
     CONFIRM_TIMEOUT_CONFIG_KEY, DEAD_LETTER_EXCHANGE, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_HEARTBEAT,
     DEFAULT_OUTBOX_BATCH_SIZE, DEFAULT_OUTBOX_POLL_INTERVAL, EVENTS_EXCHANGE,
-    EXTRA_SUBSCRIPTIONS_CONFIG_KEY, HEADER_ATTEMPTS,
+    HEADER_ATTEMPTS,
     HEADER_EXCEPTION, HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
     HEADER_REASON, HEADER_REPLAYED, OUTBOX_BATCH_SIZE_CONFIG_KEY, OUTBOX_POLL_INTERVAL_CONFIG_KEY,
     PREFETCH_COUNT_CONFIG_KEY,
@@ -95,22 +95,23 @@ class Topology(SharedExtension):
     def __init__(self):
         super().__init__()
         # here, not in setup(): the extensions that use it may be set up before it
-        self._declared = set()
+        self._declared = None  # (queue, keys) declared so far; None: not even the exchanges
         self._lock = Semaphore()
 
     def declare(self, subscriptions=None):
-        """Declare the exchanges and SUBSCRIPTIONS' queues, plus ``subscriptions`` if given.
+        """Declare the exchanges and config's subscriptions' queues, plus ``subscriptions``.
 
-        ``EXTRA_SUBSCRIPTIONS`` in config adds queues of consumers outside this code base (a
-        plain AMQP client's, say) so that they too never miss an event.
+        Config's are the application's routing contract (``SUBSCRIPTIONS``) and the queues of
+        consumers outside this code base (``EXTRA_SUBSCRIPTIONS``: a plain AMQP client's, say),
+        so that none of them misses an event published before it first ran.
         """
-        wanted = dict(topology.SUBSCRIPTIONS)
-        wanted.update(self.container.config.get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {})
+        wanted = topology.configured_subscriptions(self.container.config)
         wanted.update(subscriptions or {})
         with self._lock:
+            declared = self._declared or set()
             missing = {name: keys for name, keys in wanted.items()
-                       if (name, tuple(keys)) not in self._declared}
-            if not missing:
+                       if (name, tuple(keys)) not in declared}
+            if not missing and self._declared is not None:
                 return
             config = self.container.config
             with make_connection(config[AMQP_URI_CONFIG_KEY],
@@ -118,7 +119,7 @@ class Topology(SharedExtension):
                                  config.get(AMQP_SSL_CONFIG_KEY)) as connection:
                 connection.ensure_connection(max_retries=3)
                 topology.declare_topology(connection, config, missing)
-            self._declared |= {(name, tuple(keys)) for name, keys in missing.items()}
+            self._declared = declared | {(name, tuple(keys)) for name, keys in missing.items()}
 
 
 class OutboxRelay(BackgroundLoop, SharedExtension):
@@ -222,6 +223,10 @@ class OutboxRelay(BackgroundLoop, SharedExtension):
 class EventDispatcher(nameko_events.EventDispatcher):
     """``self.dispatch(event_type, data)``: save the event in the outbox of the current transaction.
 
+    ``event_type`` is a string, or a contract (an object with ``event_type``, ``owner`` and
+    ``check(data)``, as contracts/events.py has one per type): then data that breaks it, or a
+    service that does not own the type, fails the worker before anything is saved.
+
     Unlike nameko's, nothing is sent before the transaction commits, and nothing that committed is
     lost if the broker is away. Returns the ``Event`` (its ``event_id`` is final).
     """
@@ -244,6 +249,13 @@ class EventDispatcher(nameko_events.EventDispatcher):
         headers = json.dumps(self.get_message_headers(worker_ctx), default=str)
 
         def dispatch(event_type, data):
+            if hasattr(event_type, "check"):  # a contract (contracts/events.py): check first
+                contract, event_type = event_type, event_type.event_type
+                owner = getattr(contract, "owner", None)
+                if owner is not None and owner != self.container.service_name:
+                    raise ValueError(f"{event_type} is published by {owner!r} only, not by "
+                                     f"{self.container.service_name!r} (its contract)")
+                contract.check(data)  # raises: the worker fails, its transaction rolls back
             event = new_event(event_type, data, source=self.container.service_name)
             outbox_row = self.database.outbox_model(
                 event_id=event.event_id, event_type=event.event_type,

@@ -5,9 +5,11 @@ before the first event is published: an event dispatched while its consumer has 
 waiting in that consumer's queue when it starts (nameko publishes without ``mandatory``, and an
 event with no bound queue would vanish).
 
-SUBSCRIPTIONS is the routing contract: one line per event handler, ``"<service>.<method>"`` (the
-queue's name) to the binding keys it listens to. A handler that is not listed here still works (it
-declares its own queue when it starts), but events published before its first start are lost to it.
+The routing contract is the application's, not the kit's: config's ``SUBSCRIPTIONS`` (a mapping
+``"<service>.<method>"`` (the queue's name) -> binding keys, or the import path of one; this
+suite's is contracts/subscriptions.py), plus ``EXTRA_SUBSCRIPTIONS`` for consumers outside the code
+base. A handler that is not listed still works (it declares its own queue when it starts), but
+events published before its first start are lost to it.
 
     knowledge_nest_events (topic) --user.registered--> [notification.send_welcome]
                                   --review.created---> [course.update_rating]
@@ -15,6 +17,7 @@ declares its own queue when it starts), but events published before its first st
     a failed message  --> [<queue>.retry.<ms>ms] --(TTL expires)--> back to [<queue>]
     after the last try --> knowledge_nest_events.dlx (direct) --<queue>--> [<queue>.dlq]
 """
+import importlib
 import time
 
 import amqp
@@ -22,9 +25,9 @@ from kombu import Exchange, Queue, binding
 
 from services.kit.constants import (
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_QUEUE_TYPE, DEFAULT_RETRY_DELAYS,
-    EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE, MAX_PRIORITY,
-    QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES, RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX,
-    SHELL_EVENT_EXCHANGES,
+    EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE,
+    EXTRA_SUBSCRIPTIONS_CONFIG_KEY, MAX_PRIORITY, QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES,
+    RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS_CONFIG_KEY,
 )
 
 MIGRATE_COMMAND = "knowledge-nest migrate-queues"
@@ -42,14 +45,16 @@ class QueueArgumentsMismatch(RuntimeError):
             f"or set QUEUE_TYPE/EVENT_PRIORITY back to what the queue was declared with.")
         self.queue_name = queue_name
 
-SUBSCRIPTIONS = {
-    "course.update_rating": ("review.created",),
-    "notification.send_welcome": ("user.registered",),
-    "notification.announce_course": ("course.created",),
-    "notification.confirm_enrollment": ("course.enrolled",),
-    "notification.notify_instructor_of_review": ("review.created",),
-    "analytics.record_event": ("#",),
-}
+def configured_subscriptions(config):
+    """{queue: binding keys} of config's SUBSCRIPTIONS and EXTRA_SUBSCRIPTIONS (see the top)."""
+    declared = (config or {}).get(SUBSCRIPTIONS_CONFIG_KEY) or {}
+    if isinstance(declared, str):  # "module:attribute"
+        module_name, _, attribute = declared.partition(":")
+        declared = getattr(importlib.import_module(module_name), attribute or "SUBSCRIPTIONS")
+    wanted = {name: tuple(keys) for name, keys in dict(declared).items()}
+    wanted.update({name: tuple(keys) for name, keys
+                   in ((config or {}).get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {}).items()})
+    return wanted
 
 
 def events_exchange():
@@ -178,8 +183,9 @@ def subscription_entities(queue_name, binding_keys, config):
 
 
 def declare_topology(connection, config, subscriptions=None):
-    """Declare the exchanges and every subscription's queues. Idempotent."""
-    subscriptions = SUBSCRIPTIONS if subscriptions is None else subscriptions
+    """Declare the exchanges and every subscription's queues (config's, unless given). Idempotent."""
+    if subscriptions is None:
+        subscriptions = configured_subscriptions(config)
     channel = connection.channel()
     try:
         events = events_exchange()(channel)

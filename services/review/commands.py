@@ -4,6 +4,7 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from contracts import REVIEW_CREATED
 from services.kit.errors import Conflict, Forbidden
 from services.kit.schemas import page_of
 from services.review.models import Review
@@ -39,7 +40,7 @@ def create_review(session, dispatch, args):
     except IntegrityError:
         session.rollback()
         raise Conflict(ALREADY_REVIEWED) from None
-    dispatch("review.created", {"review_id": review.id, "user_id": review.user_id,
+    dispatch(REVIEW_CREATED, {"review_id": review.id, "user_id": review.user_id,
                                 "course_id": review.course_id, "rating": review.rating,
                                 "has_comment": review.comment is not None})
     try:

@@ -437,10 +437,11 @@ def test_dlq_commands_list_show_requeue_and_purge(container_factory, config, pla
 
 
 def test_event_nobody_subscribes_to_does_not_hold_up_the_outbox(container_factory, config, plain,
-                                                                caplog, monkeypatch):
+                                                                caplog):
     # Without the catch-all subscriptions (analytics binds "#"), note.created has no queue.
-    monkeypatch.setattr(topology, "SUBSCRIPTIONS", {
-        queue: keys for queue, keys in topology.SUBSCRIPTIONS.items() if "#" not in keys})
+    from contracts import SUBSCRIPTIONS
+    config = dict(config, SUBSCRIPTIONS={queue: keys for queue, keys in SUBSCRIPTIONS.items()
+                                         if "#" not in keys})
     container = container_factory(NotePublisher, config)
     container.start()
     with entrypoint_hook(container, "create_note") as create_note:

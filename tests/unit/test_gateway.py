@@ -1,6 +1,7 @@
 """The HTTP gateway with its RPC proxies replaced by mocks: a real web server on a free port,
 driven with ``requests``. No broker, no database."""
 import json
+import os
 import time
 
 import eventlet
@@ -18,6 +19,7 @@ from gateway.service import GatewayService
 from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized,
                                  ValidationError)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROXIES = ("auth", "course", "review", "notification", "analytics")
 SECRET = "unit-test-secret-that-is-long-enough-0123456789"
 USER = {"id": 7, "email": "ada@example.com", "name": "Ada", "role": "student",
@@ -361,7 +363,7 @@ def test_openapi_document_covers_every_route_and_the_error_schema(api):
         "/api/auth/register", "/api/auth/login", "/api/users/me",
         "/api/users/me/notifications", "/api/courses", "/api/courses/{course_id}",
         "/api/courses/{course_id}/enroll", "/api/courses/{course_id}/reviews", "/health",
-        "/api/openapi.json", "/api/events", "/api/analytics/summary"}
+        "/api/openapi.json", "/api/asyncapi.json", "/api/events", "/api/analytics/summary"}
     error = document["components"]["schemas"]["Error"]
     assert set(error["required"]) == {"error", "message", "fields"}
     register = document["paths"]["/api/auth/register"]["post"]["responses"]
@@ -372,6 +374,12 @@ def test_openapi_document_covers_every_route_and_the_error_schema(api):
     assert "Retry-After" in login["429"]["headers"]
     assert document["components"]["schemas"]["RegisterRequest"]["additionalProperties"] is False
     json.dumps(document)
+
+
+def test_the_event_contract_is_served_as_asyncapi(api):
+    base, _ = api
+    with open(os.path.join(ROOT, "docs", "asyncapi.json")) as checked_in:
+        assert requests.get(f"{base}/api/asyncapi.json").json() == json.load(checked_in)
 
 
 def test_parallel_guesses_do_not_get_past_the_limit(api):

@@ -33,9 +33,19 @@ def test_retry_delays_from_config_list_or_environment_string():
 
 
 def test_every_subscription_names_a_service_method_and_binding_keys():
-    for queue_name, keys in topology.SUBSCRIPTIONS.items():
+    subscriptions = topology.configured_subscriptions(
+        {"SUBSCRIPTIONS": "contracts.subscriptions:SUBSCRIPTIONS"})
+    assert subscriptions
+    for queue_name, keys in subscriptions.items():
         service, method = queue_name.split(".")
         assert service and method and keys
+
+
+def test_the_routing_contract_comes_from_config_with_the_extra_subscriptions():
+    assert topology.configured_subscriptions({}) == {}
+    assert topology.configured_subscriptions({
+        "SUBSCRIPTIONS": {"a.b": ["x.y"]}, "EXTRA_SUBSCRIPTIONS": {"reporting.record": ["#"]},
+    }) == {"a.b": ("x.y",), "reporting.record": ("#",)}
 
 
 class RacingQueue:
