@@ -30,7 +30,7 @@ def make_connection(amqp_uri, heartbeat, ssl=None, connect_timeout=5):
 
 def event_message(body, event_id, event_type, source, headers=None, priority=None,
                   expiration=None):
-    """An AMQP message carrying an event, with the properties DESIGN.md lists."""
+    """An AMQP message carrying an event, with the properties docs/architecture.md lists."""
     properties = dict(
         content_type=CONTENT_TYPE,
         content_encoding=CONTENT_ENCODING,

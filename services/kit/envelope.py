@@ -1,4 +1,5 @@
-"""The event envelope of DESIGN.md: build one, serialize it, and read one liberally.
+"""The event envelope (docs/architecture.md, and its schema in docs/asyncapi.json): build one,
+serialize it, and read one liberally.
 
 On the wire an event is a JSON object::
 
