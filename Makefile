@@ -2,6 +2,7 @@
 # Both create the virtual environment .venv and install what they need on first use, at the
 # versions pinned in constraints.txt (`make lock` re-resolves it after a change to setup.cfg).
 #
+#   make help               this list
 #   make install            .venv with the package (editable) and its dev tools
 #   make run                the whole suite in one process; Ctrl-C stops it
 #   make test               checks (or starts) RabbitMQ, its management API and PostgreSQL, then
@@ -15,7 +16,10 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yml
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-integration test-faults test-services lock reliability-report bench clean
+.PHONY: help install run test test-unit test-integration test-faults test-services lock reliability-report bench clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
