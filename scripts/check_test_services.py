@@ -99,7 +99,8 @@ def check_management():
 def check_postgres():
     if port_answers(POSTGRES):
         return None
-    versions = postgres_clusters() if shutil.which("pg_ctlcluster") else []
+    local = POSTGRES[0] in ("127.0.0.1", "localhost", "::1")
+    versions = postgres_clusters() if local and shutil.which("pg_ctlcluster") else []
     if versions:
         run("pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start")
         if wait_for(lambda: port_answers(POSTGRES)):

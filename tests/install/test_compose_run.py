@@ -23,6 +23,7 @@ Where one host must stand in for a compose network:
   script mounted into /docker-entrypoint-initdb.d run as it is;
 - ``mailcatcher`` is aiosmtpd on loopback.
 """
+import glob
 import json
 import os
 import re
@@ -47,7 +48,11 @@ from tests.support.broker import pika_parameters, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
+# this machine's PostgreSQL server programs (Debian's layout), the newest if there are several
+POSTGRES_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                       key=lambda path: int(path.split("/")[-3]) if path.split("/")[-3].isdigit()
+                       else 0)
+POSTGRES_BIN = os.path.dirname(POSTGRES_BINS[-1]) if POSTGRES_BINS else None
 APP_IMAGE = "knowledge-nest:latest"
 START_TIMEOUT = 240  # seconds for the whole deployment to come up on a busy 2-core machine
 PASSWORD = "correct horse battery staple"
@@ -108,6 +113,7 @@ class PostgresCluster:
     """A throwaway cluster, initialised like the postgres image initialises its volume."""
 
     def __init__(self, user, password):
+        assert POSTGRES_BIN, "needs PostgreSQL's server programs (/usr/lib/postgresql/*/bin/initdb)"
         self.user, self.password = user, password
         self.directory = tempfile.mkdtemp(prefix="kn_compose_pg_")  # not under pytest's 0700 tmp
         self.data = os.path.join(self.directory, "data")
@@ -258,13 +264,17 @@ def deployment(installed, rabbit_config, request, tmp_path):
     suffix = uuid.uuid4().hex[:10]
     broker_users = {}  # the compose file's (and definitions file's) user names -> ours
 
-    # as after `cp .env.example .env` and changing every value in it, as .env.example says
+    # as after `cp .env.example .env` and changing every value in it, as .env.example says;
+    # broker users get names of this test's own (the broker is shared), and broker passwords stay
+    # if a definitions file holds their hashes
+    definitions = definitions_file(raw["services"]["rabbitmq"])
     dotenv = read_env_file(os.path.join(ROOT, ".env.example"))
     for key in dotenv:
         if re.search(r"RABBITMQ_(DEFAULT_)?USER$", key):
             broker_users[dotenv[key]] = f"kn_compose_{suffix}_{dotenv[key]}"
             dotenv[key] = broker_users[dotenv[key]]
-        elif re.search(r"(PASS|PASSWORD|SECRET)$", key):
+        elif re.search(r"(PASS|PASSWORD|SECRET)$", key) and not (
+                definitions and re.search(r"RABBITMQ_(DEFAULT_)?PASS", key)):
             dotenv[key] = secrets.token_urlsafe(36)
     compose = interpolate({name: spec for name, spec in raw["services"].items()}, dotenv)
 
@@ -280,13 +290,13 @@ def deployment(installed, rabbit_config, request, tmp_path):
         broker.add_user(rabbitmq_env["RABBITMQ_DEFAULT_USER"], rabbitmq_env["RABBITMQ_DEFAULT_PASS"],
                         tags="administrator")
         broker.permit(rabbitmq_env["RABBITMQ_DEFAULT_USER"])
-        definitions = definitions_file(raw["services"]["rabbitmq"])
         if definitions:
             with open(definitions) as definitions_json:
                 declared = json.load(definitions_json)
             for user in declared.get("users", []):
                 ours = broker_users.setdefault(user["name"], f"kn_compose_{suffix}_{user['name']}")
-                broker.add_user(ours, password_hash=user.get("password_hash"),
+                broker.add_user(ours, password=user.get("password"),
+                                password_hash=user.get("password_hash"),
                                 hashing_algorithm=user.get("hashing_algorithm"),
                                 tags=user.get("tags", "") if isinstance(user.get("tags", ""), str)
                                 else ",".join(user["tags"]))
