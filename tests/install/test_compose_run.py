@@ -386,7 +386,11 @@ def _broker_accepts(rabbitmq_env, vhost):
 def bring_up(compose, containers, infrastructure_ready):
     """Start each container once its depends_on conditions hold, as compose does."""
     started, healthy, completed = set(), set(), set()
-    deadline = time.monotonic() + START_TIMEOUT
+    began = time.monotonic()
+    deadline = began + START_TIMEOUT
+
+    def event(name, what):  # shown with the logs when the test fails
+        print(f"{time.monotonic() - began:6.1f}s {name} {what}")
 
     def holds(dependency, condition):
         if dependency in infrastructure_ready:
@@ -405,16 +409,19 @@ def bring_up(compose, containers, infrastructure_ready):
                     for dependency, condition in _depends_on(spec).items()):
                 container.start()
                 started.add(name)
+                event(name, "started")
             elif name in started and name not in healthy | completed:
                 if spec.get("restart") == "no":  # a one-shot: it must finish, and succeed
                     if container.exited():
                         assert container.process.returncode == 0, (
                             f"{name} exited {container.process.returncode}:\n{container.output()}")
                         completed.add(name)
+                        event(name, "completed")
                 else:
                     assert not container.exited(), f"{name} exited:\n{container.output()}"
                     if container.healthy():
                         healthy.add(name)
+                        event(name, "healthy")
         time.sleep(0.5)
 
 
