@@ -217,7 +217,7 @@ class GatewayService:
         return Response(body, status=200, content_type=content_type)
 
     @http("GET", "/health/live")
-    def live(self, request):
+    def health_live(self, request):
         """Liveness (container healthchecks, Kubernetes' livenessProbe): this process serves
         HTTP. Asks nothing else, so a broker outage does not get every gateway restarted."""
         return json_response({"status": "ok"})
