@@ -16,10 +16,8 @@ PTH = "knowledge_nest_quiet.pth"
 class BuildPyWithPth(build_py):
     def run(self):
         super().run()
-        target = os.path.join(self.build_lib, PTH)
         self.mkpath(self.build_lib)
-        shutil.copyfile(PTH, target)
-        self.pth_output = target
+        shutil.copyfile(PTH, os.path.join(self.build_lib, PTH))
 
     def get_outputs(self, include_bytecode=True):
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]

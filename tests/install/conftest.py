@@ -60,8 +60,9 @@ def installed(tmp_path_factory):
     # without pip of its own (ensurepip alone takes ~10 s): this pip installs into it
     processes.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True,
                   timeout=300)
-    install = processes.run([sys.executable, "-m", "pip", "--python", str(prefix / "bin" / "python"),
-                             "install", "--quiet", "--disable-pip-version-check", "--constraint",
+    python = str(prefix / "bin" / "python")
+    install = processes.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
+                             "--disable-pip-version-check", "--constraint",
                              os.path.join(ROOT, "constraints.txt"), str(wheel)],
                             cwd=base, timeout=600)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""``docker compose up``, run for real without Docker: what the compose file says, process by process.
+"""``docker compose up`` run for real without Docker: what the compose file says, process by process.
 
 No Docker engine runs here, so this test does what the engine would do with docker-compose.yml:
 for each service, in the order its ``depends_on`` conditions allow, it starts the service's
@@ -36,7 +36,6 @@ import time
 import uuid
 from urllib.parse import quote, urlparse
 
-import pika
 import pytest
 import requests
 import yaml
@@ -44,7 +43,7 @@ import yaml
 from tests.install.conftest import ROOT
 from tests.integration.test_notification import SmtpServer, free_port
 from tests.support import processes
-from tests.support.broker import pika_parameters, wait_until
+from tests.support.broker import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -195,6 +194,16 @@ class BrokerVhost:
         self.call("PUT", f"/permissions/{quote(self.vhost, safe='')}/{quote(name, safe='')}",
                   json={"configure": configure, "write": write, "read": read})
 
+    def ready(self):
+        """The rabbitmq healthcheck's equivalent (rabbitmq-diagnostics ping): the broker
+        answers on its AMQP port, and its vhost is there."""
+        try:
+            socket.create_connection(("127.0.0.1", 5672), timeout=3).close()
+        except OSError:
+            return False
+        return requests.get(f"{self.base}/vhosts/{quote(self.vhost, safe='')}", auth=self.auth,
+                            timeout=30).status_code == 200
+
     def remove_users(self):
         for name in self.created:
             requests.delete(f"{self.base}/users/{quote(name, safe='')}", auth=self.auth,
@@ -286,10 +295,11 @@ def deployment(installed, rabbit_config, request, tmp_path):
     containers = []
     try:
         # rabbitmq: its default user, and what a mounted definitions file declares
-        rabbitmq_env = compose["rabbitmq"]["environment"]
-        broker.add_user(rabbitmq_env["RABBITMQ_DEFAULT_USER"], rabbitmq_env["RABBITMQ_DEFAULT_PASS"],
-                        tags="administrator")
-        broker.permit(rabbitmq_env["RABBITMQ_DEFAULT_USER"])
+        rabbitmq_env = compose["rabbitmq"].get("environment", {})
+        if rabbitmq_env.get("RABBITMQ_DEFAULT_USER"):
+            broker.add_user(rabbitmq_env["RABBITMQ_DEFAULT_USER"],
+                            rabbitmq_env["RABBITMQ_DEFAULT_PASS"], tags="administrator")
+            broker.permit(rabbitmq_env["RABBITMQ_DEFAULT_USER"])
         if definitions:
             with open(definitions) as definitions_json:
                 declared = json.load(definitions_json)
@@ -314,7 +324,7 @@ def deployment(installed, rabbit_config, request, tmp_path):
                      ("postgres", "5432"): ("127.0.0.1", str(postgres.port)),
                      ("mailcatcher", "1025"): ("127.0.0.1", str(mail.port))}
         infrastructure_ready = {
-            "rabbitmq": lambda: _broker_accepts(rabbitmq_env, vhost),
+            "rabbitmq": broker.ready,
             "postgres": postgres.ready,
             "mailcatcher": lambda: True,
         }
@@ -369,18 +379,6 @@ def map_to_host(environment, published, broker_users):
         if re.search(r"RABBITMQ_USER$", key) and value in broker_users:
             env[key] = broker_users[value]
     return env
-
-
-def _broker_accepts(rabbitmq_env, vhost):
-    """The rabbitmq healthcheck's equivalent: its user can open its vhost."""
-    user, password = rabbitmq_env["RABBITMQ_DEFAULT_USER"], rabbitmq_env["RABBITMQ_DEFAULT_PASS"]
-    try:
-        pika.BlockingConnection(pika_parameters(
-            f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:5672/"
-            f"{quote(vhost, safe='')}")).close()
-        return True
-    except Exception:
-        return False
 
 
 def bring_up(compose, containers, infrastructure_ready):

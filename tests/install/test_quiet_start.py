@@ -1,7 +1,6 @@
 """A quiet start: the installed ``knowledge-nest`` and nameko's own ``nameko run`` print no
 eventlet or pkg_resources deprecation warning (services/__init__.py, knowledge_nest_quiet.pth).
 ``make run``'s output is checked in tests/e2e/test_make_run.py."""
-import os
 import signal
 import time
 from urllib.parse import urlparse

@@ -81,9 +81,9 @@ def machine(tmp_path):
             return calls
 
         def run(self):
+            management = f"http://guest:guest@127.0.0.1:{self.management.port}"
             env = dict(os.environ, PATH=str(self.bin), KN_CHECK_WAIT="10",
-                       KN_CHECK_AMQP_PORT=str(self.amqp.port),
-                       KN_CHECK_MANAGEMENT_URL=f"http://guest:guest@127.0.0.1:{self.management.port}",
+                       KN_CHECK_AMQP_PORT=str(self.amqp.port), KN_CHECK_MANAGEMENT_URL=management,
                        TEST_POSTGRES_URL=f"postgresql://postgres@127.0.0.1:{self.postgres.port}/x")
             return subprocess.run([sys.executable, SCRIPT], env=env, capture_output=True,
                                   text=True, timeout=60)

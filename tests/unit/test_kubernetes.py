@@ -1,5 +1,5 @@
-"""deploy/kubernetes/ (the kustomize base) validated offline: rendered (``kubectl kustomize`` when it
-is installed, else the files its kustomization lists), every object checked against the
+"""deploy/kubernetes/ (the kustomize base) validated offline: rendered (``kubectl kustomize`` when
+it is installed, else the files its kustomization lists), every object checked against the
 Kubernetes API schemas kubernetes-validate bundles, and read against the code as
 tests/unit/test_compose.py reads docker-compose.yml: a Deployment per service running the same
 command as its compose container, the migration Job, the gateway's Service, probes that work,
