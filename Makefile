@@ -7,6 +7,7 @@
 #   make run                the whole suite in one process; Ctrl-C stops it
 #   make test               checks (or starts) RabbitMQ, its management API and PostgreSQL, then
 #                           runs every test; test-unit, test-integration, test-faults: parts of it
+#   make test-services      only the check (or start) of RabbitMQ, its management API, PostgreSQL
 #   make lock               re-resolve constraints.txt from setup.cfg (pip-tools)
 #   make bench              the benchmarks (bench/results.md)
 

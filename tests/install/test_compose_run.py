@@ -1,4 +1,4 @@
-"""``docker compose up`` run for real without Docker: what the compose file says, process by process.
+"""``docker compose up`` for real, without Docker: what the compose file says, process by process.
 
 No Docker engine runs here, so this test does what the engine would do with docker-compose.yml:
 for each service, in the order its ``depends_on`` conditions allow, it starts the service's
