@@ -221,6 +221,12 @@ class GatewayService:
         body, content_type = metrics.latest()
         return Response(body, status=200, content_type=content_type)
 
+    @http("GET", "/health/live")
+    def health_live(self, request):
+        """Liveness (container healthchecks, Kubernetes' livenessProbe): this process serves
+        HTTP. Asks nothing else, so a broker outage does not get every gateway restarted."""
+        return json_response({"status": "ok"})
+
     @http("GET", "/health")
     def health(self, request):
         timeout = float(self.config.get("HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT))

@@ -34,9 +34,14 @@ def services_with_databases(config, only=None):
 
 def cmd_migrate(args, config):
     from services.kit import migrations
-    for service_name, db_uri in services_with_databases(config, args.services):
+    targets = services_with_databases(config, args.services)
+    for service_name, _ in targets:
+        # a database configured for a service without migrations is a broken install (a wheel
+        # without them once migrated nothing and exited 0): stop before touching any database
         if not migrations.has_migrations(service_name):
-            continue  # configured, but not written yet
+            raise SystemExit(f"error: {service_name}: no migrations at "
+                             f"{migrations.script_location(service_name)}; nothing migrated")
+    for service_name, db_uri in targets:
         migrations.upgrade(service_name, db_uri)
         print(f"{service_name}: database at head")
 

@@ -125,6 +125,9 @@ def test_make_run_serves_the_suite_and_ctrl_c_stops_every_process(
                           timeout=30, interval=0.2, message="notification's own log line"), \
             output()[-6000:]
 
+        # a quiet start: no eventlet or pkg_resources deprecation warning (services/__init__.py)
+        assert "DeprecationWarning" not in output() and "pkg_resources" not in output()
+
         suite = processes_in_group(pgid)
         assert any("nameko run" in command for _, command in suite), suite
 

@@ -44,7 +44,7 @@ def service_modules():
 
 def test_broker_database_and_mail_catcher(compose):
     services = compose["services"]
-    assert services["rabbitmq"]["image"] == "rabbitmq:3-management"
+    assert services["rabbitmq"]["image"] == "rabbitmq:3.10-management"
     assert set(services["rabbitmq"]["ports"]) == {"127.0.0.1:5672:5672", "127.0.0.1:15672:15672"}
     assert services["postgres"]["image"].startswith("postgres:")
     init_sql = read("docker/postgres-init.sql")

@@ -549,3 +549,10 @@ def test_streams_beyond_the_limit_are_503(gateway):
                      "service_unavailable")
     finally:
         first.close()
+
+
+def test_liveness_answers_without_the_broker_or_any_service(api):
+    base, mocks = api  # no broker at all (port 1), every service a mock
+    response = requests.get(f"{base}/health/live")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert all(not mock.mock_calls for mock in mocks.values())
