@@ -14,21 +14,24 @@ import logging
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 
 from services.kit.amqp import event_message, make_connection
-from services.kit.constants import DEFAULT_HEARTBEAT, EVENTS_EXCHANGE
+from services.kit.constants import (DEFAULT_HEARTBEAT, EVENTS_EXCHANGE,
+                                    EXTRA_SUBSCRIPTIONS_CONFIG_KEY)
 from services.kit.envelope import new_event
 from services.kit.events import new_publisher
-from services.kit.topology import declare_topology
+from services.kit.topology import SUBSCRIPTIONS, declare_topology
 
 log = logging.getLogger(__name__)
 
 
 def declare(config):
-    """Declare the exchanges and every subscription's queues (what each service does at start)."""
+    """Declare the exchanges and every subscription's queues, EXTRA_SUBSCRIPTIONS included."""
     with make_connection(config[AMQP_URI_CONFIG_KEY],
                          config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
                          config.get(AMQP_SSL_CONFIG_KEY)) as connection:
         connection.ensure_connection(max_retries=3)
-        declare_topology(connection, config)
+        subscriptions = dict(SUBSCRIPTIONS)
+        subscriptions.update(config.get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {})
+        declare_topology(connection, config, subscriptions)
 
 
 def publish_event(config, event_type, data, source="shell"):
