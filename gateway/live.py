@@ -374,7 +374,9 @@ class WebSocketStream(Response):
         last_pong = [time.monotonic()]
         handle_control_frame = ws._handle_control_frame
 
-        def on_control_frame(opcode, data):  # eventlet answers pings and ignores pongs
+        # eventlet's RFC6455WebSocket answers pings and ignores pongs; WebSocketWSGI makes it
+        # itself, so its frame handler is wrapped on this instance to note each pong
+        def on_control_frame(opcode, data):
             if opcode == 0xA:
                 last_pong[0] = time.monotonic()
             return handle_control_frame(opcode, data)
@@ -412,5 +414,4 @@ class WebSocketStream(Response):
         except (OSError, eventlet.Timeout):
             return  # the client is gone or stuck; the connection closes
         finally:
-            reader.kill()
-            self.live.unsubscribe(subscription)
+            reader.kill()  # (__call__ releases the subscription)
