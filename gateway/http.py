@@ -15,7 +15,7 @@ from nameko.exceptions import UnknownService
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug import exceptions as http_exceptions
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import RequestRedirect, Rule, WebsocketMismatch
 from werkzeug.wrappers import Request, Response
 
 from services.kit.errors import (Busy, Conflict, Forbidden, NotFound, ServiceError,
@@ -40,12 +40,23 @@ class TooManyRequests(ServiceError):
         self.retry_after = int(retry_after)
 
 
+class TooManyStreams(ServiceUnavailable):
+    """This gateway serves LIVE_MAX_STREAMS live streams already (SSE and WebSocket together)."""
+    code = "too_many_streams"
+
+    def __init__(self, message, retry_after):
+        super().__init__(message)
+        self.retry_after = int(retry_after)
+
+
 # THE table: exception class -> (HTTP status, error code). First match wins (subclasses first).
 # A service's message is passed on for the expected errors (it is written for users: "course 7
 # does not exist"); for the rest a fixed message is sent (None: use the exception's message).
 ERROR_TABLE = (
     (ValidationError, 400, "validation_error", None),
     (BadRequest, 400, "bad_request", None),
+    (WebsocketMismatch, 400, "bad_request",
+     "this route takes a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)"),
     (http_exceptions.BadRequest, 400, "bad_request", "the request could not be understood"),
     (Unauthorized, 401, "unauthorized", None),
     (Forbidden, 403, "forbidden", None),
@@ -58,6 +69,7 @@ ERROR_TABLE = (
      "request body too large"),
     (TooManyRequests, 429, "too_many_requests", None),
     (Busy, 503, "service_unavailable", None),  # refused at once: its message says why
+    (TooManyStreams, 503, "too_many_streams", None),
     (ServiceUnavailable, 503, "service_unavailable",
      "a service did not answer in time; try again later"),
     # The target service is not running at all (nameko: no queue bound for it).
@@ -101,7 +113,7 @@ def response_for_exception(exc):
         message = getattr(exc, "message", "") or code.replace("_", " ")
         fields = getattr(exc, "fields", None) or {}
     headers = {}
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, (TooManyRequests, TooManyStreams)):
         headers["Retry-After"] = str(max(1, exc.retry_after))
     if isinstance(exc, Busy):
         headers["Retry-After"] = "1"
@@ -156,10 +168,14 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
     by nameko as warnings, not as errors with tracebacks."""
     server = JsonWebServer()
 
-    def __init__(self, method, url, expected_exceptions=None, **kwargs):
+    def __init__(self, method, url, expected_exceptions=None, websocket=False, **kwargs):
         expected = tuple(entry[0] for entry in ERROR_TABLE)
         super().__init__(method, url, expected_exceptions=expected_exceptions or expected,
                          **kwargs)
+        self.websocket = websocket  # werkzeug routes upgrade requests only to such rules
+
+    def get_url_rule(self):
+        return Rule(self.url, methods=self.method.split(","), websocket=self.websocket)
 
     def response_from_exception(self, exc):
         return response_for_exception(exc)

@@ -2,7 +2,15 @@
 
     knowledge_nest_events --#--> [gateway.live.<uuid>]  (one per gateway process: exclusive,
                                   auto-delete, at most LIVE_QUEUE_LENGTH messages)
-        --> LiveEvents (a greenthread consuming it) --> each open /api/events/stream's buffer
+        --> LiveEvents (a greenthread consuming it) --> each open stream's buffer
+            --> /api/events/stream (server-sent events) or /api/events/ws (WebSocket)
+
+The two transports carry the same messages under the same limits: LIVE_MAX_STREAMS counts both,
+each has a LIVE_BUFFER of events it may fall behind by, and both are served after the request's
+worker returned (werkzeug calls the response), so an open stream holds a connection and a
+greenthread, never one of the service's workers. A stream ends as soon as its client goes away
+(it is watched for the hang-up, not only found out at the next write), and when the gateway
+stops (WebSocket: close frame 1001, "going away").
 
 Each gateway process has its own queue, so with several gateway instances behind a load balancer
 every instance sees every event and any of them can serve a browser. The queue exists only while
@@ -17,17 +25,22 @@ carries both), because the dashboard and its stream are public, as is the summar
 """
 import json
 import logging
+import socket
 import time
 import uuid
 
 import eventlet
+from eventlet.hubs import trampoline
 from eventlet.queue import Empty, Full, LightQueue
+from eventlet.websocket import WebSocketWSGI
 from kombu import Connection, Queue
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider, SharedExtension
 
+from werkzeug.wrappers import Response
+
+from gateway.http import TooManyStreams
 from services.kit.envelope import InvalidEvent, parse_event
-from services.kit.errors import ServiceUnavailable
 from services.kit.topology import events_exchange
 
 log = logging.getLogger(__name__)
@@ -42,6 +55,14 @@ HEARTBEAT_SECONDS = 15.0
 RECONNECT_SECONDS = 1.0
 BIND_WAIT_SECONDS = 5.0  # a new stream waits this long at most for a new feed's first attempt
 FEED_IDLE_SECONDS = 30.0  # the feed stops this long after the last stream closed
+RETRY_AFTER_SECONDS = 10  # told to a client refused for LIVE_MAX_STREAMS
+SHUTDOWN_GRACE_SECONDS = 2.0  # stop() waits this long at most for streams to say goodbye
+MISSED_PONGS = 2  # a WebSocket client that answers no ping for this many heartbeats is dropped
+GOING_AWAY = 1001  # WebSocket close code: the server is shutting down
+
+# What ends a stream, put in its subscription's buffer (never dropped from it)
+CLIENT_GONE = "client-gone"
+SHUTDOWN = "shutdown"
 
 
 def public_view(body, message_id=None, app_id=None):
@@ -71,6 +92,7 @@ class Subscription:
     def __init__(self, size):
         self.events = LightQueue(maxsize=size)
         self.dropped = 0
+        self.ended = None  # CLIENT_GONE or SHUTDOWN once the stream must end
 
     def offer(self, view):
         while True:
@@ -84,12 +106,21 @@ class Subscription:
                 except Empty:
                     pass
 
+    def end(self, why):
+        """End the stream (``CLIENT_GONE``, ``SHUTDOWN``): ``next`` returns ``why`` from now on."""
+        if self.ended is None:
+            self.ended = why
+            self.offer(why)  # wakes a waiting next()
+
     def next(self, timeout):
-        """The next event, or None after ``timeout`` seconds without one."""
+        """The next event, None after ``timeout`` seconds without one, or why the stream ends."""
+        if self.ended is not None:
+            return self.ended
         try:
-            return self.events.get(timeout=timeout)
+            view = self.events.get(timeout=timeout)
         except Empty:
             return None
+        return self.ended if self.ended is not None else view
 
 
 class LiveEvents(SharedExtension):
@@ -122,7 +153,14 @@ class LiveEvents(SharedExtension):
         self._running = True
 
     def stop(self):
+        """End every open stream (WebSocket: close 1001), wait briefly for them to say so, and
+        stop the feed."""
         self._running = False
+        for subscription in list(self.subscriptions):
+            subscription.end(SHUTDOWN)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while self.subscriptions and time.monotonic() < deadline:
+            eventlet.sleep(0.05)
         if self._feed is not None:
             self._feed.kill()
             self._feed = None
@@ -137,8 +175,10 @@ class LiveEvents(SharedExtension):
         the stream opens at once and shows events once the feed reconnects.
         """
         if len(self.subscriptions) >= self.max_streams:
-            raise ServiceUnavailable(
-                f"this gateway already serves {self.max_streams} live streams (LIVE_MAX_STREAMS)")
+            raise TooManyStreams(
+                f"too many open live streams: this gateway serves {self.max_streams} already "
+                f"(LIVE_MAX_STREAMS, server-sent events and WebSocket together); try again "
+                f"later", retry_after=RETRY_AFTER_SECONDS)
         subscription = Subscription(self.buffer_size)
         self.subscriptions.add(subscription)
         self.start_feed()
@@ -227,19 +267,66 @@ class LiveFeed(DependencyProvider):
         return self.live_events
 
 
-def stream(live, subscription, heartbeat=HEARTBEAT_SECONDS):
+def client_socket(environ):
+    """The connection's socket under eventlet's WSGI server, else None."""
+    reader = environ.get("eventlet.input") if environ else None
+    return reader.get_socket() if reader is not None else None
+
+
+def watch_for_hang_up(sock, subscription):
+    """A greenthread that ends ``subscription`` as soon as the client closes its connection.
+
+    A server-sent events client sends nothing after its request, so the socket turns readable
+    only when the client is gone (EOF, or a reset). Without this a closed stream would be
+    found out only by a failing write, a heartbeat later (and TCP retries after that).
+    """
+    def watch():
+        try:
+            trampoline(sock, read=True)
+            if sock.recv(1, socket.MSG_PEEK):
+                return  # it sent something (a pipelined request): the next write will tell
+        except Exception:  # reset, or closed on our side: gone either way
+            pass
+        subscription.end(CLIENT_GONE)
+    return eventlet.spawn(watch)
+
+
+class StreamBody:
     """The body of a text/event-stream response: events as they come, a comment when idle.
 
-    Runs after the worker has returned (werkzeug iterates it while writing the response), so
-    an open stream holds a connection and a greenthread, not one of the service's workers. The
-    subscription ends when the client goes away (the server closes this generator).
+    werkzeug iterates it after the worker has returned, and closes it when the response ends
+    (the stream ended, the client went away, or a HEAD request that never iterated it): the
+    subscription is released then, whatever happened.
     """
-    sequence = 0
-    reported = 0  # events dropped from this stream's buffer that the client was told about
-    try:
+
+    def __init__(self, live, subscription, heartbeat=None, environ=None):
+        self.live, self.subscription = live, subscription
+        heartbeat = heartbeat or HEARTBEAT_SECONDS
+        sock = client_socket(environ)
+        self.watcher = watch_for_hang_up(sock, subscription) if sock is not None else None
+        self.events = self._events(heartbeat)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.events)
+
+    def close(self):
+        self.events.close()
+        if self.watcher is not None:
+            self.watcher.kill()
+        self.live.unsubscribe(self.subscription)
+
+    def _events(self, heartbeat):
+        subscription = self.subscription
+        sequence = 0
+        reported = 0  # events dropped from this stream's buffer that the client was told about
         yield "retry: 2000\n\n"  # the browser reconnects after 2 s if the stream breaks
         while True:
             view = subscription.next(timeout=heartbeat)
+            if view in (CLIENT_GONE, SHUTDOWN):
+                return
             if subscription.dropped > reported:  # the client fell behind: say how far
                 reported = subscription.dropped
                 yield sse_message({"dropped": reported}, event="dropped")
@@ -248,5 +335,83 @@ def stream(live, subscription, heartbeat=HEARTBEAT_SECONDS):
                 continue
             sequence += 1
             yield sse_message(view, sequence)
-    finally:
-        live.unsubscribe(subscription)
+
+
+
+def ws_message(view, sequence=None, kind="event"):
+    """One WebSocket text message: the SSE stream's event, as JSON with its type and id."""
+    if kind == "event":
+        message = {"type": "event", "id": sequence, "event": view}
+    else:
+        message = dict(view, type=kind)
+    return json.dumps(message, separators=(",", ":"), default=str)
+
+
+class WebSocketStream(Response):
+    """The answer to ``GET /api/events/ws``: the live feed over WebSocket (RFC 6455).
+
+    A werkzeug Response for nameko, but calling it (which JsonWsgiApp does after the worker
+    returned, in the connection's greenthread) performs the handshake with eventlet's
+    WebSocketWSGI and serves the feed until the client or the gateway ends it. The messages are
+    the SSE stream's, as JSON: ``{"type": "event", "id": n, "event": <public view>}`` and
+    ``{"type": "dropped", "dropped": n}``. When idle the server sends a ping every heartbeat;
+    a client that answers none for MISSED_PONGS heartbeats is dropped. On shutdown: close 1001.
+    """
+
+    def __init__(self, live, subscription, heartbeat=None):
+        super().__init__(status=101)
+        self.live, self.subscription = live, subscription
+        self.heartbeat = heartbeat or HEARTBEAT_SECONDS
+
+    def __call__(self, environ, start_response):
+        try:
+            return WebSocketWSGI(self.serve)(environ, start_response)
+        finally:  # also when the handshake failed and serve() never ran
+            self.live.unsubscribe(self.subscription)
+
+    def serve(self, ws):
+        ws.socket.settimeout(None)  # liveness is ping/pong's business, not a read timeout's
+        last_pong = [time.monotonic()]
+        handle_control_frame = ws._handle_control_frame
+
+        # eventlet's RFC6455WebSocket answers pings and ignores pongs; WebSocketWSGI makes it
+        # itself, so its frame handler is wrapped on this instance to note each pong
+        def on_control_frame(opcode, data):
+            if opcode == 0xA:
+                last_pong[0] = time.monotonic()
+            return handle_control_frame(opcode, data)
+        ws._handle_control_frame = on_control_frame
+
+        def read():  # the client has nothing to say; this notices when it goes
+            try:
+                while ws.wait() is not None:
+                    pass
+            except Exception:
+                pass
+            self.subscription.end(CLIENT_GONE)
+        reader = eventlet.spawn(read)
+        subscription, sequence, reported = self.subscription, 0, 0
+        try:
+            while True:
+                view = subscription.next(timeout=self.heartbeat)
+                if view == CLIENT_GONE:
+                    return
+                if view == SHUTDOWN:
+                    ws.close(close_data=(GOING_AWAY, "the gateway is shutting down"))
+                    return
+                with eventlet.Timeout(self.heartbeat * MISSED_PONGS):  # a client that reads
+                    if subscription.dropped > reported:                # nothing is dropped
+                        reported = subscription.dropped
+                        ws.send(ws_message({"dropped": reported}, kind="dropped"))
+                    if view is None:
+                        if time.monotonic() - last_pong[0] > self.heartbeat * (MISSED_PONGS + 1):
+                            ws.close(close_data=(GOING_AWAY, "no pong"))
+                            return
+                        ws.send(b"", control_code=0x9)  # ping
+                        continue
+                    sequence += 1
+                    ws.send(ws_message(view, sequence))
+        except (OSError, eventlet.Timeout):
+            return  # the client is gone or stuck; the connection closes
+        finally:
+            reader.kill()  # (__call__ releases the subscription)

@@ -144,8 +144,8 @@ def openapi_document():
     spec.path("/api/analytics/summary", operations={"get": _operation(
         "Aggregates of every event: registrations per day, enrollments per course, ratings, "
         "events per minute", 200, "AnalyticsSummary", ())})
-    # Not documented here (not JSON): GET /dashboard (the live page) and GET /api/events/stream
-    # (text/event-stream, endless); see docs/dashboard.md.
+    # Not documented here (not JSON): GET /dashboard (the live page), GET /api/events/stream
+    # (text/event-stream, endless) and GET /api/events/ws (WebSocket); see docs/dashboard.md.
     spec.path("/health", operations={"get": {
         "summary": "Broker, services and their databases",
         "responses": {"200": {"description": "All answer", **_json("Health")},

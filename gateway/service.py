@@ -16,7 +16,7 @@ from werkzeug.wrappers import Response
 from gateway import schemas
 from gateway.auth import TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
-from gateway.live import LiveFeed, stream
+from gateway.live import LiveFeed, StreamBody, WebSocketStream
 from contracts.asyncapi import document as asyncapi_document
 from gateway.openapi import openapi_document
 from gateway.throttle import LoginThrottle
@@ -88,7 +88,7 @@ class GatewayService:
     failed_logins = LoginThrottle()
     config = Config()
     http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
-    live = LiveFeed()  # every event, as it happens, for /api/events/stream
+    live = LiveFeed()  # every event, as it happens, for /api/events/stream and /api/events/ws
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -189,13 +189,21 @@ class GatewayService:
     @http("GET", "/api/events/stream")
     def event_stream(self, request):
         """Server-sent events: each event as this gateway sees it (gateway/live.py)."""
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        content_type = "text/event-stream; charset=utf-8"
+        if request.method == "HEAD":  # the headers a GET would get; no stream, no slot
+            return Response(status=200, content_type=content_type, headers=headers)
         subscription = self.live.subscribe()  # 503 beyond LIVE_MAX_STREAMS
         # eventlet's WSGI server buffers a streamed body until 4 KiB by default: send each
         # event as soon as it is yielded
         request.environ["eventlet.minimum_write_chunk_size"] = 0
-        return Response(stream(self.live, subscription), status=200,
-                        content_type="text/event-stream; charset=utf-8",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return Response(StreamBody(self.live, subscription, environ=request.environ),
+                        status=200, content_type=content_type, headers=headers)
+
+    @http("GET", "/api/events/ws", websocket=True)  # a plain GET: 400
+    def event_websocket(self, request):
+        """The same feed over WebSocket (gateway/live.py); the same LIVE_MAX_STREAMS."""
+        return WebSocketStream(self.live, self.live.subscribe())  # 503 beyond LIVE_MAX_STREAMS
 
     @http("GET", "/dashboard")
     def dashboard(self, request):

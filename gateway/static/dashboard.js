@@ -1,5 +1,7 @@
 // KnowledgeNest live dashboard: no libraries, no assets from the internet.
-// Starts from GET /api/analytics/summary, then follows GET /api/events/stream (server-sent events).
+// Starts from GET /api/analytics/summary, then follows the live feed: over WebSocket
+// (/api/events/ws) when it can, else over server-sent events (/api/events/stream), which is
+// also where it stays if a WebSocket cannot be opened at all (a proxy that does not pass it).
 "use strict";
 
 const MINUTES = 15;        // minutes the chart shows
@@ -118,15 +120,47 @@ function liveStatus() {
   setStatus("live", dropped ? `live (${dropped} missed: this page fell behind)` : "live");
 }
 
-function follow() {
+function onDropped(count) {
+  dropped = count;
+  liveStatus();
+}
+
+function transport(name) {
+  document.getElementById("status").dataset.transport = name;
+}
+
+function followSse() {
+  transport("sse");
   const source = new EventSource("/api/events/stream");
   source.onopen = () => { dropped = 0; liveStatus(); };
   source.onerror = () => setStatus("down", "reconnecting…");
   source.addEventListener("event", (message) => onEvent(JSON.parse(message.data)));
-  source.addEventListener("dropped", (message) => {
-    dropped = JSON.parse(message.data).dropped;
-    liveStatus();
-  });
+  source.addEventListener("dropped", (message) => onDropped(JSON.parse(message.data).dropped));
+}
+
+function follow() {
+  if (!("WebSocket" in window)) { followSse(); return; }
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  let opened = false;
+  let socket;
+  try {
+    socket = new WebSocket(`${scheme}//${location.host}/api/events/ws`);
+  } catch (error) {
+    followSse();
+    return;
+  }
+  transport("websocket");
+  socket.onopen = () => { opened = true; dropped = 0; liveStatus(); };
+  socket.onmessage = (message) => {
+    const data = JSON.parse(message.data);
+    if (data.type === "event") onEvent(data.event);
+    else if (data.type === "dropped") onDropped(data.dropped);
+  };
+  socket.onclose = () => {
+    if (!opened) { followSse(); return; }  // never opened: WebSocket does not get through
+    setStatus("down", "reconnecting…");
+    setTimeout(follow, 2000);  // as the SSE stream's "retry: 2000"
+  };
 }
 
 // Follow first, so that nothing published while the summary loads is missed on the page.

@@ -1,6 +1,6 @@
 """``knowledge-nest replay``: publish logged events again, from the analytics event log.
 
-    knowledge-nest replay --since 2026-11-26T00:00:00Z [--until ISO] [--type T ...]
+    knowledge-nest replay --since 2026-11-26T00:00:00Z|1h [--until TIME] [--type T ...]
                           [--to-queue Q] [--dry-run]
 
 Reads analytics' database (its ``DB_URIS`` entry, opened read-only) and publishes each matching
@@ -34,6 +34,7 @@ from services.kit.amqp import PublishFailed, event_message, make_connection
 # HEADER_REPLAYED: the kit's consumers look such an event up in their inbox before the handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REPLAYED
 from services.kit.db import database_uri, normalize_url
+from services.kit.moves import no_progress
 
 BATCH_SIZE = 200
 SERVICE_NAME = "analytics"
@@ -41,17 +42,6 @@ SERVICE_NAME = "analytics"
 
 class ReplayError(Exception):
     """What a user must fix before anything can be replayed; nothing was published."""
-
-
-def parse_moment(value, name):
-    """An ISO 8601 string as an aware UTC datetime (no offset: UTC); ReplayError naming ``name``."""
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        return (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None
-                else moment.astimezone(timezone.utc))
-    except (AttributeError, ValueError, OverflowError):  # Overflow: before 0001-01-01 in UTC
-        raise ReplayError(f"{name} is not an ISO 8601 date and time: {value!r} "
-                          f"(e.g. 2026-11-26T10:00:00Z)") from None
 
 
 def as_utc(moment):
@@ -132,27 +122,6 @@ def replay_message(row, options, replayed_at):
                          headers=headers, **options(row.event_type))
 
 
-class Progress:
-    """``replay [#######.............]  120/400`` on one line of ``stream``."""
-
-    def __init__(self, total, stream, width=30):
-        self.total, self.stream, self.width, self.done = total, stream, width, 0
-
-    def render(self):
-        filled = self.width if not self.total else self.width * self.done // self.total
-        return (f"\rreplay [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{self.done}/{self.total}")
-
-    def advance(self, count):
-        self.done += count
-        self.stream.write(self.render())
-        self.stream.flush()
-
-    def close(self):
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 def check_destination(config, to_queue):
     """ReplayError unless the exchange (or ``to_queue``) exists on the broker."""
     try:
@@ -177,7 +146,7 @@ def check_destination(config, to_queue):
 
 
 def replay(config, since, until=None, event_types=(), to_queue=None, dry_run=False,
-           out=sys.stdout, progress_stream=sys.stderr, batch_size=BATCH_SIZE):
+           out=sys.stdout, progress=no_progress, batch_size=BATCH_SIZE):
     """Replay (or with ``dry_run`` list) the selected events; return how many."""
     if until is not None and until < since:
         raise ReplayError("--until is before --since")
@@ -203,37 +172,36 @@ def replay(config, since, until=None, event_types=(), to_queue=None, dry_run=Fal
                 return 0
             check_destination(config, to_queue)
             return _publish(config, connection, conditions, total, to_queue, destination, out,
-                            progress_stream, batch_size)
+                            progress, batch_size)
     finally:
         engine.dispose()
 
 
 def _publish(config, connection, conditions, total, to_queue, destination, out,
-             progress_stream, batch_size):
+             progress, batch_size):
     from services.kit.events import new_publisher  # the kit's ConfirmedPublisher, configured
 
     options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL, as the relay does
     replayed_at = datetime.now(timezone.utc).isoformat()
     publisher = new_publisher(config)
-    progress = Progress(total, progress_stream)
     published = unroutable = 0
     try:
-        for rows in iter_events(connection, conditions, batch_size):
-            batch = [("", to_queue, replay_message(row, options, replayed_at)) if to_queue
-                     else (EVENTS_EXCHANGE, row.routing_key,
-                           replay_message(row, options, replayed_at))
-                     for row in rows]
-            try:
-                unroutable += len(publisher.publish_batch(batch))  # all confirmed, or raises
-            except (PublishFailed, OSError, amqp.exceptions.AMQPError) as exc:
-                raise ReplayError(
-                    f"publishing failed after {published} of {total} event(s) were confirmed: "
-                    f"{type(exc).__name__}: {exc}. Running the same replay again is safe: "
-                    f"consumers skip the events they already had") from None
-            published += len(rows)
-            progress.advance(len(rows))
+        with progress("replay", total) as bar:
+            for rows in iter_events(connection, conditions, batch_size):
+                batch = [("", to_queue, replay_message(row, options, replayed_at)) if to_queue
+                         else (EVENTS_EXCHANGE, row.routing_key,
+                               replay_message(row, options, replayed_at))
+                         for row in rows]
+                try:
+                    unroutable += len(publisher.publish_batch(batch))  # all confirmed, or raises
+                except (PublishFailed, OSError, amqp.exceptions.AMQPError) as exc:
+                    raise ReplayError(
+                        f"publishing failed after {published} of {total} event(s) were "
+                        f"confirmed: {type(exc).__name__}: {exc}. Running the same replay again "
+                        f"is safe: consumers skip the events they already had") from None
+                published += len(rows)
+                bar.update(len(rows))
     finally:
-        progress.close()
         publisher.close()
     out.write(f"replayed {published} event(s) to {destination}\n")
     if unroutable:

@@ -1,9 +1,10 @@
 """The dead-letter queues: list, show, requeue and purge parked messages.
 
-Used by ``knowledge-nest dlq ...``. Messages are read with basic.get and settled one by one:
-a message is removed from its DLQ only after its requeued copy was confirmed by the broker, and
-messages a command does not select go back where they were (the channel closes without acking
-them), so no command loses a message.
+Used by ``knowledge-nest dlq ...``. ``list`` and ``show`` read with basic.get and ack nothing;
+``requeue`` moves batches with pipelined confirms (moves.py): a message is removed from its DLQ
+only after its requeued copy was confirmed by the broker, and messages a command does not select
+go back where they were (the channel closes without acking them), so no command loses a
+message.
 """
 import json
 from collections import Counter
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import amqp
 
 from services.kit import topology
+from services.kit.moves import message_body, move_messages, no_progress, queue_length
 from services.kit.constants import (
     DEAD_LETTER_SUFFIX, HEADER_ATTEMPTS, HEADER_EXCEPTION,
     HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REASON,
@@ -31,6 +33,13 @@ class ParkedMessage:
     body: bytes
     properties: dict
     headers: dict
+
+    @classmethod
+    def from_amqp(cls, queue, message):
+        properties = dict(message.properties)
+        return cls(queue=queue, delivery_tag=message.delivery_tag, body=message_body(message),
+                   properties=properties,
+                   headers=dict(properties.get("application_headers") or {}))
 
     @property
     def event_id(self):
@@ -106,14 +115,7 @@ class DeadLetters:
         return self.connection.connection.channel()
 
     def count(self, queue):
-        channel = self._channel()
-        try:
-            return channel.queue_declare(queue, passive=True).message_count
-        except amqp.exceptions.NotFound:
-            return 0
-        finally:
-            if channel.is_open:
-                channel.close()
+        return queue_length(self.connection.connection, queue)
 
     def peek(self, queue, limit=1000):
         """Up to ``limit`` parked messages; all stay in the queue, in order."""
@@ -134,30 +136,34 @@ class DeadLetters:
                          "reasons": Counter(message.reason for message in messages)})
         return rows
 
-    def requeue(self, queues=None, event_ids=None):
+    def requeue(self, queues=None, event_ids=None, progress=no_progress):
         """Send parked messages back to their queue (all, or those with ``event_ids``)."""
-        moved = 0
-        for queue in self.queues(queues):
-            channel = self._channel()
-            try:
-                for message in list(self._read(channel, queue, self.count(queue))):
-                    if event_ids and message.event_id not in event_ids:
-                        continue  # left unacked: back in the DLQ when the channel closes
-                    headers = {key: value for key, value in message.headers.items()
-                               if key not in FAILURE_HEADERS}
-                    properties = {key: value for key, value in message.properties.items()
-                                  if key != "application_headers"}
-                    copy = amqp.Message(message.body, application_headers=headers,
-                                        **properties)
-                    # the default exchange routes straight to the queue it was parked from
-                    channel.basic_publish_confirm(copy, exchange="",
-                                                  routing_key=message.origin_queue,
-                                                  mandatory=True)
-                    channel.basic_ack(message.delivery_tag)
-                    moved += 1
-            finally:
-                channel.close()
-        return moved
+        from services.kit.events import new_publisher
+        publisher = new_publisher(self.config)
+        try:
+            return sum(move_messages(self.connection.connection, queue, publisher,
+                                     self._requeued(queue, event_ids), progress,
+                                     selective=bool(event_ids))
+                       for queue in self.queues(queues))
+        finally:
+            publisher.close()
+
+    @staticmethod
+    def _requeued(queue, event_ids):
+        """moves.move_messages' route: a parked message, without its failure headers, to the
+        queue it was parked from (the default exchange routes by queue name)."""
+        def route(raw):
+            message = ParkedMessage.from_amqp(queue, raw)
+            if event_ids and message.event_id not in event_ids:
+                return None  # left unacked: back in the DLQ when the channel closes
+            headers = {key: value for key, value in message.headers.items()
+                       if key not in FAILURE_HEADERS}
+            properties = {key: value for key, value in message.properties.items()
+                          if key != "application_headers"}
+            return "", message.origin_queue, amqp.Message(message.body,
+                                                          application_headers=headers,
+                                                          **properties)
+        return route
 
     def purge(self, queues=None):
         purged = 0
@@ -181,11 +187,4 @@ class DeadLetters:
                 return
             if message is None:
                 return
-            properties = dict(message.properties)
-            headers = dict(properties.get("application_headers") or {})
-            body = message.body
-            if isinstance(body, str):  # py-amqp decodes bodies that name a content_encoding
-                body = body.encode(properties.get("content_encoding") or "utf-8")
-            yield ParkedMessage(queue=queue, delivery_tag=message.delivery_tag,
-                                body=bytes(body), properties=properties,
-                                headers=headers)
+            yield ParkedMessage.from_amqp(queue, message)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def declare(config):
-    """Declare the exchanges and every subscription's queues (what each service does at start)."""
+    """Declare the exchanges and every subscription's queues (config's SUBSCRIPTIONS and
+    EXTRA_SUBSCRIPTIONS)."""
     with make_connection(config[AMQP_URI_CONFIG_KEY],
                          config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
                          config.get(AMQP_SSL_CONFIG_KEY)) as connection:

@@ -29,6 +29,7 @@ from services.kit.constants import (
     EXTRA_SUBSCRIPTIONS_CONFIG_KEY, MAX_PRIORITY, QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES,
     RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS_CONFIG_KEY,
 )
+from services.kit.moves import message_body, move_messages, no_progress
 
 MIGRATE_COMMAND = "knowledge-nest migrate-queues"
 DECLARE_ATTEMPTS = 5
@@ -238,30 +239,21 @@ def _queue_matches(connection, queue):
             channel.close()
 
 
-def _move_messages(channel, source, destination):
-    """basic.get each message of ``source``, publish it confirmed to ``destination``, then ack."""
-    moved = 0
-    while True:
-        message = channel.basic_get(source, no_ack=False)
-        if message is None:
-            return moved
-        properties = dict(message.properties)
-        body = message.body
-        if isinstance(body, str):  # py-amqp decodes bodies that name a content_encoding
-            body = body.encode(properties.get("content_encoding") or "utf-8")
-        channel.basic_publish_confirm(amqp.Message(body, **properties), exchange="",
-                                      routing_key=destination, mandatory=True)
-        channel.basic_ack(message.delivery_tag)
-        moved += 1
+def _moved_unchanged(destination):
+    """moves.move_messages' route: each message as it is, to ``destination``."""
+    def route(message):
+        return "", destination, amqp.Message(message_body(message), **dict(message.properties))
+    return route
 
 
-def migrate_queue(connection, queue_name, binding_keys, config):
+def migrate_queue(connection, queue_name, binding_keys, config, publisher,
+                  progress=no_progress):
     """Recreate one subscription's queue with the configured arguments, keeping its messages.
 
     Returns None when it already matches, else the number of messages carried over. Its
     consumers must be stopped. Shovel-free: the messages are parked in ``<queue>.migrating``
     (bound to the same keys while the queue is away, so no event published meanwhile is lost),
-    each one confirmed there before it is acked, and moved back the same way. Run again after
+    each batch confirmed there before it is acked (moves.py), and moved back the same way. Run again after
     an interruption: a leftover ``.migrating`` queue is emptied into the new queue.
     """
     wanted = consumer_queue(queue_name, binding_keys, config)
@@ -279,7 +271,6 @@ def migrate_queue(connection, queue_name, binding_keys, config):
         return None
     channel = connection.channel()
     try:
-        channel.confirm_select()
         channel.queue_declare(holding_name, durable=True, auto_delete=False)
         for key in binding_keys:
             channel.queue_bind(holding_name, EVENTS_EXCHANGE, routing_key=key)
@@ -290,16 +281,17 @@ def migrate_queue(connection, queue_name, binding_keys, config):
         except amqp.exceptions.NotFound:
             old_exists = False
             channel = connection.channel()
-            channel.confirm_select()
         if old_exists and not _queue_matches(connection, wanted):
             for key in binding_keys:
                 channel.queue_unbind(queue_name, EVENTS_EXCHANGE, routing_key=key)
-            _move_messages(channel, queue_name, holding_name)
+            move_messages(connection, queue_name, publisher, _moved_unchanged(holding_name),
+                          progress, label=f"{queue_name} -> .migrating")
             channel.queue_delete(queue_name)
         wanted(channel).declare()  # with its bindings
         for key in binding_keys:
             channel.queue_unbind(holding_name, EVENTS_EXCHANGE, routing_key=key)
-        moved += _move_messages(channel, holding_name, queue_name)
+        moved += move_messages(connection, holding_name, publisher, _moved_unchanged(queue_name),
+                               progress, label=f"{queue_name} <- .migrating")
         channel.queue_delete(holding_name, if_empty=True)
         return moved
     finally:
@@ -307,7 +299,13 @@ def migrate_queue(connection, queue_name, binding_keys, config):
             channel.close()
 
 
-def migrate_queues(connection, config, subscriptions):
+def migrate_queues(connection, config, subscriptions, progress=no_progress):
     """migrate_queue() for each subscription; yields (queue_name, None or messages moved)."""
-    for queue_name, binding_keys in subscriptions.items():
-        yield queue_name, migrate_queue(connection, queue_name, tuple(binding_keys), config)
+    from services.kit.events import new_publisher  # events.py imports this module
+    publisher = new_publisher(config)
+    try:
+        for queue_name, binding_keys in subscriptions.items():
+            yield queue_name, migrate_queue(connection, queue_name, tuple(binding_keys), config,
+                                            publisher, progress)
+    finally:
+        publisher.close()

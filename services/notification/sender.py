@@ -6,7 +6,8 @@ sweeps every ``MAIL_RETRY_INTERVAL`` seconds. For each batch of due notification
 
 1. claims them (an UPDATE per row: ``next_attempt_at`` moves a lease ahead, so another instance
    of the service does not send them too), one commit for the batch;
-2. sends each through the mail backend, with no database transaction open;
+2. sends them through the mail backend, over one SMTP connection for the batch, with no
+   database transaction open;
 3. marks the sent ones ``sent`` with ``sent_at`` (one UPDATE for the batch); for one the
    backend failed on, keeps it ``pending`` with
    ``attempts`` + 1 and ``next_attempt_at`` = now + ``MAIL_RETRY_INTERVAL`` * 2^(attempts-1)
@@ -82,13 +83,15 @@ class MailSender(BackgroundLoop, DependencyProvider):
         while self._running or self._thread is None:
             mails = self.claim_due()
             delivered = []
-            for mail in mails:
-                try:
-                    self.backend.send(mail.email, mail.subject, mail.body)
-                except Exception as exc:
-                    self.record_failure(mail, exc)
-                    continue
-                delivered.append(mail)
+            if mails:
+                with self.backend.session() as mail_session:  # one connection per batch
+                    for mail in mails:
+                        try:
+                            mail_session.send(mail.email, mail.subject, mail.body)
+                        except Exception as exc:
+                            self.record_failure(mail, exc)
+                            continue
+                        delivered.append(mail)
             self.record_sent(delivered)
             sent += len(delivered)
             if len(mails) < BATCH_SIZE:

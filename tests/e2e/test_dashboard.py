@@ -160,9 +160,20 @@ def test_every_gateway_instance_streams_every_event_without_personal_data(suite)
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 @pytest.mark.parametrize("database_backend", ["sqlite"], indirect=True)
-def test_dashboard_in_a_headless_browser_shows_a_registration_within_two_seconds(suite):
+def headless_chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def test_dashboard_in_a_headless_browser_shows_a_registration_within_two_seconds(suite):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -171,16 +182,14 @@ def test_dashboard_in_a_headless_browser_shows_a_registration_within_two_seconds
     assert api.register("pre@example.com", PASSWORD, "Pre Doe").status_code == 201
     wait_until(lambda: api.get("/api/analytics/summary").json()["events_by_type"].get(
         "user.registered") == 1, timeout=30, message="the first registration in the summary")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser = headless_chromium()
     try:
         browser.get(other.base_url + "/dashboard")  # the page from the second instance
         WebDriverWait(browser, 20).until(
             lambda b: b.find_element(By.ID, "status").text == "live")
+        # over WebSocket, which the page's CSP (connect-src 'self') lets through to its origin
+        assert browser.find_element(By.ID, "status").get_attribute(
+            "data-transport") == "websocket"
 
         def counter(b):
             found = b.find_elements(By.CSS_SELECTOR, '#counters li[data-type="user.registered"]')
@@ -205,5 +214,31 @@ def test_dashboard_in_a_headless_browser_shows_a_registration_within_two_seconds
         assert sum(map(int, drawn)) == 2
         logs = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert logs == [], logs
+    finally:
+        browser.quit()
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+@pytest.mark.parametrize("database_backend", ["sqlite"], indirect=True)
+def test_dashboard_falls_back_to_server_sent_events_when_websocket_fails(suite):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, (api, _) = suite
+    browser = headless_chromium()
+    try:
+        # as behind a proxy that does not pass upgrades: every WebSocket handshake fails
+        browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+            window.WebSocket = class extends WebSocket {
+              constructor(url) { super(url.replace("/api/events/ws", "/api/events/no-ws")); }
+            };"""})
+        browser.get(api.base_url + "/dashboard")
+        WebDriverWait(browser, 20).until(
+            lambda b: b.find_element(By.ID, "status").text == "live")
+        assert browser.find_element(By.ID, "status").get_attribute("data-transport") == "sse"
+        assert api.register("sse@example.com", PASSWORD, "Sse Doe").status_code == 201
+        WebDriverWait(browser, 5, poll_frequency=0.05).until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, 'tr[data-event-type="user.registered"]'))
     finally:
         browser.quit()

@@ -545,8 +545,10 @@ def test_streams_beyond_the_limit_are_503(gateway):
     first = requests.get(f"{base}/api/events/stream", stream=True, timeout=5)
     try:
         assert first.status_code == 200
-        assert_error(requests.get(f"{base}/api/events/stream", timeout=5), 503,
-                     "service_unavailable")
+        refused = requests.get(f"{base}/api/events/stream", timeout=5)
+        body = assert_error(refused, 503, "too_many_streams")
+        assert body["message"].startswith("too many open live streams")
+        assert refused.headers["Retry-After"] == "10"
     finally:
         first.close()
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from gateway.live import LiveEvents, Subscription, public_view, sse_message, stream
+from gateway.live import LiveEvents, StreamBody, Subscription, public_view, sse_message
 from services.kit.errors import ServiceUnavailable
 
 
@@ -56,7 +56,7 @@ def unstarted_live(max_streams, buffer_size):
 def test_stream_sends_events_heartbeats_and_unsubscribes_when_closed():
     live = unstarted_live(max_streams=2, buffer_size=10)
     subscription = live.subscribe()
-    body = stream(live, subscription, heartbeat=0.01)
+    body = StreamBody(live, subscription, heartbeat=0.01)
     assert next(body) == "retry: 2000\n\n"
     assert next(body).startswith(": alive, 0 dropped")  # nothing happened: a comment
     live.publish({"event_type": "a.b"})
@@ -75,7 +75,7 @@ def test_streams_beyond_the_limit_are_refused_with_503():
 def test_a_stream_that_fell_behind_is_told_how_many_events_it_missed():
     live = unstarted_live(max_streams=2, buffer_size=2)
     subscription = live.subscribe()
-    body = stream(live, subscription, heartbeat=0.01)
+    body = StreamBody(live, subscription, heartbeat=0.01)
     assert next(body) == "retry: 2000\n\n"
     for n in range(5):  # the client reads nothing meanwhile: 3 give way
         live.publish({"n": n})

@@ -126,3 +126,41 @@ def test_the_container_records_the_worker_for_its_log_records(caplog):
     assert record.service == "echo"
     assert record.call_id.startswith("echo.work.")
     assert record.origin_call_id == record.call_id
+
+
+def test_json_line_keeps_the_extra_fields_of_the_call():
+    in_worker("notification", "on_user_registered", parent_stack=["gateway.register.1"])
+    logger = logging.getLogger("services.notification.sender")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "not sent: %s",
+                               ("timeout",), None,
+                               extra={"notification_id": 7, "attempt": 2,
+                                      "to": {"domain": "example.com"}, "élan": "ü"})
+    line = logs.Formatter("json").format(record)
+    entry = json.loads(line)
+    assert entry["message"] == "not sent: timeout" and entry["level"] == "WARNING"
+    assert entry["notification_id"] == 7 and entry["attempt"] == 2
+    assert entry["to"] == {"domain": "example.com"} and entry["élan"] == "ü"
+    assert entry["service"] == "notification" and entry["origin_call_id"] == "gateway.register.1"
+    assert list(entry)[:4] == ["time", "level", "logger", "message"]
+    assert "args" not in entry and "msg" not in entry and "event_id" not in entry
+    assert "\n" not in line  # one object per line
+
+
+def test_a_json_line_of_a_record_with_an_unserialisable_extra_still_is_json():
+    record = logging.getLogger("gateway").makeRecord(
+        "gateway", logging.INFO, __file__, 1, "x", (), None, extra={"what": object()})
+    assert json.loads(logs.Formatter("json").format(record))["what"].startswith("<object")
+
+
+def test_json_through_a_real_handler_keeps_extra(caplog, capsys):
+    import sys
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logs.Formatter("json"))
+    logger = logging.getLogger("services.course.commands")
+    logger.addHandler(handler)
+    try:
+        logger.warning("course %s archived", 3, extra={"course_id": 3})
+    finally:
+        logger.removeHandler(handler)
+    entry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert entry["course_id"] == 3 and entry["service"] == "course"

