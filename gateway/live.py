@@ -19,9 +19,11 @@ last one closed. This is a display: no inbox, no acks (the broker forgets an eve
 handed over), and a queue that vanishes with its feed. The durable record of events is the
 analytics service's log.
 
-What a stream shows of an event is ``public_view``: its type, time, source, id, and the ids,
-titles and ratings in its data; never an email address or a person's name (``user.registered``
-carries both), because the dashboard and its stream are public, as is the summary they start from.
+What a stream shows of an event is ``public_view``: its type, time, source, id, and the fields
+of its data that its contract (contracts/events.py) declares and does not mark personal: ids,
+titles and ratings, never an email address or a person's name (``user.registered`` carries
+both), because the dashboard and its stream are public, as is the summary they start from. Of an
+event type without a contract it shows no data at all.
 """
 import json
 import logging
@@ -39,15 +41,13 @@ from nameko.extensions import DependencyProvider, SharedExtension
 
 from werkzeug.wrappers import Response
 
+from contracts import CONTRACTS
 from gateway.http import TooManyStreams
 from services.kit.envelope import InvalidEvent, parse_event
 from services.kit.topology import events_exchange
 
 log = logging.getLogger(__name__)
 
-# Fields of an event's data a public page may show (ids, titles, ratings): no emails, no names.
-SHOWN_FIELDS = ("user_id", "course_id", "enrollment_id", "review_id", "instructor_id", "rating",
-                "has_comment", "title", "course_title")
 LIVE_QUEUE_LENGTH = 1000  # the broker drops the oldest beyond this if the gateway falls behind
 DEFAULT_BUFFER = 256  # events a slow browser may be behind before its oldest are dropped
 DEFAULT_MAX_STREAMS = 100
@@ -71,9 +71,11 @@ def public_view(body, message_id=None, app_id=None):
         event = parse_event(body, message_id=message_id, app_id=app_id)
     except InvalidEvent:
         return None
+    contract = CONTRACTS.get(event.event_type)
+    # the contract's fields less its personal ones; of a type without a contract, nothing
+    data = contract.public(event.data) if contract is not None else {}
     return {"event_id": event.event_id, "event_type": event.event_type,
-            "timestamp": event.timestamp.isoformat(), "source": event.source,
-            "data": {key: event.data[key] for key in SHOWN_FIELDS if key in event.data}}
+            "timestamp": event.timestamp.isoformat(), "source": event.source, "data": data}
 
 
 def sse_message(view, event_id=None, event="event"):
