@@ -153,6 +153,12 @@ class Database(nameko_sqlalchemy.Database):
         self.Session = nameko_sqlalchemy.database.sessionmaker(
             bind=self.engine, class_=nameko_sqlalchemy.database.Session, **self.session_options)
 
+    def stop(self):
+        # nameko stops the dependencies before the sub-extensions, so the outbox relay's and the
+        # retention sweep's last pass come after this: the pool's connections are closed, but the
+        # engine stays (nameko-sqlalchemy deletes it) for that pass to open one of its own.
+        self.engine.dispose()
+
     # found on first use, not in setup(): other extensions' setup() may run before this one's;
     # kept, since every worker of a handler (each event of a batch) and every relay pass asks
     @functools.cached_property

@@ -482,3 +482,15 @@ def test_publisher_pipelines_batches_and_refuses_a_ticket_of_a_lost_connection(r
         assert publisher.publish_batch(batch("d", size=1)) == []  # a fresh connection
     finally:
         publisher.close()
+
+
+def test_a_stopping_publisher_relays_its_last_events_without_errors(container_factory, config,
+                                                                     caplog):
+    # nameko stops the Database before the relay: its last pass must still find an engine
+    container = container_factory(NotePublisher, dict(config, OUTBOX_POLL_INTERVAL=3600))
+    container.start()
+    with entrypoint_hook(container, "create_note") as create_note:
+        create_note("just before the stop")
+    container.stop()
+    assert "failed (AttributeError" not in caplog.text
+    assert unsent(config) == 0
