@@ -8,15 +8,19 @@ That holds for the errors of a route (``response_from_exception`` below), for we
 404/405 (unknown path, wrong method: ``JsonWsgiApp``), for a body over ``MAX_BODY_BYTES`` (413)
 and for anything unexpected (500 ``internal_error``, logged here with its traceback, never sent).
 """
+import io
 import json
 import logging
 
+import eventlet
 from nameko.exceptions import UnknownService
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug import exceptions as http_exceptions
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
+
+from gateway.door import DoorMixin, close_after_response
 
 from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceError, ServiceUnavailable,
                                  Unauthorized, ValidationError)
@@ -30,6 +34,10 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 class BadRequest(ServiceError):
     """The request itself is unusable: not JSON, wrong content type, a body that is no object."""
     code = "bad_request"
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive within HTTP_BODY_TIMEOUT (gateway/door.py)."""
 
 
 class TooManyRequests(ServiceError):
@@ -54,6 +62,7 @@ ERROR_TABLE = (
     (http_exceptions.MethodNotAllowed, 405, "method_not_allowed",
      "method not allowed on this resource"),
     (Conflict, 409, "conflict", None),
+    (BodyTimeout, 408, "request_timeout", "the request body did not arrive in time"),
     (http_exceptions.RequestEntityTooLarge, 413, "payload_too_large",
      "request body too large"),
     (TooManyRequests, 429, "too_many_requests", None),
@@ -111,41 +120,70 @@ class JsonWsgiApp(WsgiApp):
     """nameko's WSGI app, with werkzeug's HTML error pages (404, 405, 413) replaced by JSON, a
     body size limit, and a last guard so that no traceback ever reaches a client."""
 
-    def __init__(self, server, max_body_bytes):
+    def __init__(self, server, max_body_bytes, body_timeout):
         super().__init__(server)
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     def __call__(self, environ, start_response):
         try:
-            if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-                # eventlet's wsgi.input decodes chunks and ends at the last one; tell werkzeug,
-                # which otherwise reads a body without Content-Length as empty. The size limit
-                # still applies (werkzeug counts what it reads).
-                environ["wsgi.input_terminated"] = True
+            self._buffer_body(environ)
             request = Request(environ, shallow=True)
-            # werkzeug stops reading a chunked body at max_content_length without an error:
-            # read one byte more, so that read_body() can tell "too large" from "just fits".
-            request.max_content_length = self.max_body_bytes + 1
             request.max_body_bytes = self.max_body_bytes
             adapter = self.url_map.bind_to_environ(environ)
             try:
                 provider, values = adapter.match()
-            except RequestRedirect as redirect:
-                return redirect(environ, start_response)
-            if (request.content_length or 0) > self.max_body_bytes:
-                raise http_exceptions.RequestEntityTooLarge()
+            except RequestRedirect:
+                # werkzeug would answer "//x" or "/x/" with a redirect built from the Host
+                # header; no route of ours has such a form
+                raise http_exceptions.NotFound() from None
             request.path_values = values
             response = provider.handle_request(request)
         except Exception as exc:  # 404/405/413 from werkzeug, or a bug in the plumbing
             response = response_for_exception(exc)
         return response(environ, start_response)
 
+    def _buffer_body(self, environ):
+        """Read the whole body here, in the connection's greenthread and within
+        HTTP_BODY_TIMEOUT, so that a worker never waits on a client (gateway/door.py); at most
+        ``max_body_bytes`` (413 beyond). The worker then reads it from memory."""
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        try:
+            declared = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0  # eventlet has answered 400 before we get here
+        if not chunked and declared <= 0:
+            return
+        if declared > self.max_body_bytes:
+            close_after_response(environ)  # the body stays unread
+            raise http_exceptions.RequestEntityTooLarge()
+        wanted = self.max_body_bytes + 1  # one byte more tells "too large" from "just fits"
+        try:
+            with eventlet.Timeout(self.body_timeout, BodyTimeout()):
+                data = environ["wsgi.input"].read(declared if not chunked else wanted)
+                if chunked and len(data) < wanted:
+                    data += environ["wsgi.input"].read(wanted - len(data))
+        except (BodyTimeout, OSError) as exc:  # OSError: HTTP_SOCKET_TIMEOUT, or reset
+            close_after_response(environ)
+            raise BodyTimeout() from exc
+        except ValueError:  # eventlet's ChunkReadError: broken chunked encoding
+            close_after_response(environ)
+            raise http_exceptions.BadRequest() from None
+        if len(data) > self.max_body_bytes:
+            close_after_response(environ)
+            raise http_exceptions.RequestEntityTooLarge()
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
 
-class JsonWebServer(WebServer):
+
+class JsonWebServer(DoorMixin, WebServer):
+    """nameko's web server behind the door (gateway/door.py), serving ``JsonWsgiApp``."""
+
     def get_wsgi_app(self):
         max_body_bytes = int(self.container.config.get(MAX_BODY_BYTES_CONFIG_KEY,
                                                        DEFAULT_MAX_BODY_BYTES))
-        return JsonWsgiApp(self, max_body_bytes)
+        return JsonWsgiApp(self, max_body_bytes, self.limits["HTTP_BODY_TIMEOUT"])
 
 
 class GatewayHttpEntrypoint(HttpRequestHandler):
