@@ -10,6 +10,7 @@ a warning when it uses it, and refuses to start when ``ENVIRONMENT`` is ``produc
 secret is the default or shorter than 32 bytes.
 """
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ ALGORITHMS = [ALGORITHM]
 DEFAULT_TTL_SECONDS = 3600
 ROLES = ("student", "instructor", "admin")  # admin: only from `knowledge-nest create-admin`
 MAX_TOKEN_CHARS = 4096
+# ``sub`` as we write it: ASCII digits, no leading zero ("\u00b2", "\u2460", "0001" are refused)
+SUBJECT = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Tokens:
         except jwt.InvalidTokenError:
             raise Unauthorized("invalid token") from None
         sub, role = claims.get("sub"), claims.get("role")
-        if not (isinstance(sub, str) and sub.isdigit() and 0 < int(sub) < 2 ** 31):
+        if not (isinstance(sub, str) and SUBJECT.fullmatch(sub) and int(sub) < 2 ** 31):
             raise Unauthorized("invalid token")
         if role not in ROLES:
             raise Unauthorized("invalid token")

@@ -21,6 +21,7 @@ the per-client cap belongs in the proxy (docs/operations.md, "In front of the ga
 import json
 import logging
 import socket
+import urllib.parse
 from collections import Counter
 from functools import partial
 
@@ -68,6 +69,26 @@ REQUEST_TIMEOUT_RESPONSE = raw_json_response(
     "408 Request Timeout", "request_timeout", "the request did not arrive in time")
 
 
+class JsonCannedErrors:
+    """eventlet answers a request it cannot parse (line or header too long, a bad
+    Content-Length) with a bodiless HTTP/1.0 4xx of its own: sent as our JSON error instead."""
+    CODES = {414: "uri_too_long"}
+
+    def __init__(self, wfile):
+        self._wfile = wfile
+
+    def write(self, data):
+        if data[:10] == b"HTTP/1.0 4" and b"Connection: close" in data[:200]:
+            status_line = data.split(b"\r\n", 1)[0][9:].decode("latin-1")
+            status = int(status_line[:3])
+            data = raw_json_response(status_line, self.CODES.get(status, "bad_request"),
+                                     status_line[4:].lower() or "bad request")
+        return self._wfile.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._wfile, name)
+
+
 class DoorProtocol(HttpOnlyProtocol):
     """eventlet's protocol with a deadline on each request's line and headers.
 
@@ -76,6 +97,10 @@ class DoorProtocol(HttpOnlyProtocol):
     from that byte on, the line and headers run under one ``eventlet.Timeout``.
     """
     header_timeout = LIMITS["HTTP_HEADER_TIMEOUT"]
+
+    def setup(self):
+        super().setup()
+        self.wfile = JsonCannedErrors(self.wfile)
 
     def handle_one_request(self):
         self._header_timer = None
@@ -113,6 +138,13 @@ class DoorProtocol(HttpOnlyProtocol):
     def get_environ(self):
         environ = super().get_environ()
         environ[PROTOCOL_ENVIRON_KEY] = self
+        # Python's http.server turns a leading "//" into "/" (an open-redirect fix): route the
+        # path as it was sent, so that "//api/courses" is a 404 like "/api//courses"
+        target = self.raw_requestline.split(b" ")[1:2]
+        if target and target[0].startswith(b"//"):
+            raw_path = target[0].split(b"?", 1)[0].decode("latin-1")
+            environ["RAW_PATH_INFO"] = raw_path
+            environ["PATH_INFO"] = urllib.parse.unquote(raw_path, encoding="latin1")
         return environ
 
     def _cancel_header_timer(self):

@@ -17,7 +17,8 @@ from nameko.exceptions import UnknownService
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug import exceptions as http_exceptions
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import Map, RequestRedirect
+from werkzeug.routing.converters import BaseConverter, ValidationError as NoMatch
 from werkzeug.wrappers import Request, Response
 
 from gateway.door import DoorMixin, close_after_response
@@ -130,6 +131,8 @@ class JsonWsgiApp(WsgiApp):
             self._buffer_body(environ)
             request = Request(environ, shallow=True)
             request.max_body_bytes = self.max_body_bytes
+            if environ.get("PATH_INFO", "").startswith("//"):  # werkzeug would match "/..."
+                raise http_exceptions.NotFound()
             adapter = self.url_map.bind_to_environ(environ)
             try:
                 provider, values = adapter.match()
@@ -177,8 +180,34 @@ class JsonWsgiApp(WsgiApp):
         environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
+class IdConverter(BaseConverter):
+    """``<id:name>``: a database id written the one way we write it, ASCII digits without
+    leading zeros, 1 to 2**31 - 1 ("0001", "\u0661" or "\u00b2" do not match: 404)."""
+    regex = r"[1-9][0-9]{0,9}"
+    weight = 50
+    part_isolating = True
+
+    def to_python(self, value):
+        number = int(value)
+        if number > 2 ** 31 - 1:
+            raise NoMatch()
+        return number
+
+    def to_url(self, value):
+        return str(int(value))
+
+
 class JsonWebServer(DoorMixin, WebServer):
     """nameko's web server behind the door (gateway/door.py), serving ``JsonWsgiApp``."""
+
+    def make_url_map(self):
+        # merge_slashes off: werkzeug would redirect "//x" to "/x" (JsonWsgiApp: 404 instead)
+        url_map = Map(converters={"id": IdConverter}, merge_slashes=False)
+        for provider in self._providers:
+            rule = provider.get_url_rule()
+            rule.endpoint = provider
+            url_map.add(rule)
+        return url_map
 
     def get_wsgi_app(self):
         max_body_bytes = int(self.container.config.get(MAX_BODY_BYTES_CONFIG_KEY,

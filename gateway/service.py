@@ -23,7 +23,7 @@ from services.kit import metrics
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from services.kit.rpc import TimedRpcProxy
 
-ID = f"<int(min=1, max={schemas.MAX_ID}):course_id>"
+ID = "<id:course_id>"  # ASCII digits, no leading zero, at most schemas.MAX_ID (gateway/http.py)
 SERVICES = ("auth", "course", "review", "notification", "analytics")
 DEFAULT_HEALTH_TIMEOUT = 2.0
 
@@ -39,6 +39,7 @@ def _json_body(request):
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    schemas.check_unicode(body)  # 400 naming the field of a lone surrogate
     return body
 
 
@@ -102,7 +103,9 @@ class GatewayService:
         args = _load_body(request, schemas.LoginRequest)
         with self.failed_logins.attempt(args["email"]):
             user = self.auth.authenticate(args["email"], args["password"])
-        return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)))
+        # a bearer token must not be kept by a browser's or a proxy's cache (RFC 6749, 5.1)
+        return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)),
+                             headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     @http("GET", "/api/users/me")
     def me(self, request):
@@ -161,6 +164,8 @@ class GatewayService:
     def list_reviews(self, request, course_id):
         page = _page_args(request)
         result = self.review.list_reviews(course_id, page["page"], page["per_page"])
+        if not result["total"]:
+            self.course.get_course(course_id)  # NotFound (404) when there is no such course
         return json_response(schemas.ReviewPageSchema().dump(result))
 
     # -- analytics and the live dashboard -----------------------------------------------------

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Api, start_suite, suite_config  # noqa: F401 (fixtures)
+from tests.e2e.conftest import Api, api, start_suite, suite_config  # noqa: F401 (fixtures)
 
 ATTACKER = "127.0.0.1"
 BYSTANDER = "127.0.0.2"
