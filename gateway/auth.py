@@ -6,24 +6,37 @@ other algorithm are refused), requires ``exp`` and ``sub``, and checks the signa
 ``JWT_SECRET``.
 
 The secret has a development default so that ``make run`` works out of the box; the gateway logs
-a warning when it uses it, and refuses to start when ``ENVIRONMENT`` is ``production`` and the
-secret is the default or shorter than 32 bytes.
+a warning when it uses it. It refuses to start when ``ENVIRONMENT`` is neither ``development``
+nor ``production``, and in production when the secret is the default, the placeholder of
+.env.example (or any "change-me"-like one), shorter than 32 bytes, a common password, or of low
+entropy (``secret_problem``).
 """
 import logging
+import math
 import re
 import time
+import zlib
+from collections import Counter
 from dataclasses import dataclass
 
 import jwt
 from nameko.exceptions import ConfigurationError
 from nameko.extensions import DependencyProvider
 
+from services.auth.passwords import common_passwords
+from services.kit.config import refuse_to_start
 from services.kit.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-CHANGE-ME"
+ENV_EXAMPLE_JWT_SECRET = "change-me-to-48-random-characters-before-any-real-use"  # .env.example
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "changethis", "placeholder", "example",
+                       "dev-only", "insecure", "your-secret", "secret-key")
 MIN_SECRET_BYTES = 32
+MIN_SECRET_BITS = 96  # estimated_bits(): any random 32-character hex string passes, "x" * 32 not
+ENVIRONMENTS = ("development", "production")
+ZLIB_OVERHEAD_BYTES = 8  # zlib's header and checksum
 ALGORITHM = "HS256"
 ALGORITHMS = [ALGORITHM]
 DEFAULT_TTL_SECONDS = 3600
@@ -47,22 +60,60 @@ class Principal:
         return self.role == "admin"
 
 
-def check_secret(secret, environment):
-    """Raise ConfigurationError for a secret that must not run in production; warn otherwise."""
-    problems = []
+def check_environment(environment):
+    """The ENVIRONMENT setting, lowercased; an unknown one (``prod``) stops the start rather
+    than silently meaning development."""
+    name = str(environment or "").strip().lower()
+    if name not in ENVIRONMENTS:
+        refuse_to_start(f"ENVIRONMENT is {environment!r}: it must be one of "
+                        f"{', '.join(ENVIRONMENTS)}")
+    return name
+
+
+def estimated_bits(secret):
+    """A rough upper bound of a secret's entropy: the smaller of its length times the Shannon
+    entropy of its characters and the bits it takes compressed (which sees repeated patterns).
+    ``x`` * 32 scores 0, "abc123" * 8 about 70, a random 32-character hex string 100 to
+    120, token_urlsafe(48) about 350."""
+    if not secret:
+        return 0.0
+    counts = Counter(secret)
+    per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
+    compressed = (len(zlib.compress(secret.encode("utf-8"), 9)) - ZLIB_OVERHEAD_BYTES) * 8
+    return min(per_char * len(secret), compressed)
+
+
+def secret_problem(secret):
+    """Why ``secret`` must not sign production tokens, or None."""
     if not secret or secret == DEV_JWT_SECRET:
-        problems.append("JWT_SECRET is the built-in development default")
-    elif len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
-        problems.append(f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
-    if not problems:
+        return "JWT_SECRET is the built-in development default"
+    lowered = secret.lower()
+    if secret == ENV_EXAMPLE_JWT_SECRET or any(marker in lowered.replace("_", "-")
+                                               for marker in PLACEHOLDER_MARKERS):
+        return "JWT_SECRET is a placeholder (as in .env.example)"
+    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        return f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes"
+    if lowered in common_passwords():
+        return "JWT_SECRET is a commonly used password"
+    if estimated_bits(secret) < MIN_SECRET_BITS:
+        return "JWT_SECRET has too little entropy (repeated or few distinct characters)"
+    return None
+
+
+def check_secret(secret, environment):
+    """Stop the start over a secret that must not run in production; warn otherwise."""
+    environment = check_environment(environment)
+    problem = secret_problem(secret)
+    if problem is None:
         return
-    if str(environment).lower() == "production":
-        raise ConfigurationError(
-            f"refusing to start with ENVIRONMENT=production: {problems[0]}; set JWT_SECRET to "
-            f"a random value of at least {MIN_SECRET_BYTES} bytes")
+    if environment == "production":
+        refuse_to_start(
+            f"refusing to start with ENVIRONMENT=production: {problem}; set JWT_SECRET to a "
+            f"random value of at least {MIN_SECRET_BYTES} bytes (python3 -c \"import secrets; "
+            f"print(secrets.token_urlsafe(48))\")")
     log.warning("!!! %s: anyone who knows it can forge tokens. Fine for development only; set "
                 "JWT_SECRET (>= %d random bytes) before exposing this gateway. !!!",
-                problems[0], MIN_SECRET_BYTES)
+                problem, MIN_SECRET_BYTES)
 
 
 class Tokens:

@@ -161,8 +161,33 @@ def test_production_refuses_a_short_secret(gateway):
         gateway(ENVIRONMENT="production", JWT_SECRET="short-secret")
 
 
-def test_production_starts_with_a_long_secret(gateway):
-    base, _ = gateway(ENVIRONMENT="production", JWT_SECRET="x" * 32)
+@pytest.mark.parametrize("secret,reason", [
+    ("change-me-to-48-random-characters-before-any-real-use", "placeholder"),
+    ("please-CHANGE_ME-0123456789abcdefghijkl", "placeholder"),
+    ("x" * 64, "entropy"),
+    ("abab" * 16, "entropy"),
+    ("abc123" * 8, "entropy"),
+    ("password" * 5, "entropy"),
+])
+def test_production_refuses_placeholders_and_low_entropy_secrets(gateway, secret, reason):
+    with pytest.raises(ConfigurationError, match=reason):
+        gateway(ENVIRONMENT="production", JWT_SECRET=secret)
+
+
+@pytest.mark.parametrize("environment", ["prod", "Production ", "staging", ""])
+def test_unknown_environments_stop_the_start(gateway, environment):
+    if environment.strip().lower() == "production":
+        base, _ = gateway(ENVIRONMENT=environment, JWT_SECRET=RANDOM_SECRET)
+        return
+    with pytest.raises(ConfigurationError, match="ENVIRONMENT"):
+        gateway(ENVIRONMENT=environment, JWT_SECRET=DEV_JWT_SECRET)
+
+
+RANDOM_SECRET = "q8Zr0W3kd1P9sXvN4mYt7LbE2uHcJ6aF5gTiKoRz"  # 40 random characters
+
+
+def test_production_starts_with_a_long_random_secret(gateway):
+    base, _ = gateway(ENVIRONMENT="production", JWT_SECRET=RANDOM_SECRET)
     assert requests.get(f"{base}/api/openapi.json").status_code == 200
 
 
