@@ -25,7 +25,7 @@ from nameko.extensions import DependencyProvider
 
 from services.auth.passwords import common_passwords
 from services.kit.config import refuse_to_start
-from services.kit.errors import Unauthorized
+from services.kit.errors import NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ ALGORITHMS = [ALGORITHM]
 DEFAULT_TTL_SECONDS = 3600
 ROLES = ("student", "instructor", "admin")  # admin: only from `knowledge-nest create-admin`
 MAX_TOKEN_CHARS = 4096
+DEFAULT_USER_CACHE_SECONDS = 30
 # ``sub`` as we write it: ASCII digits, no leading zero ("\u00b2", "\u2460", "0001" are refused)
 SUBJECT = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
@@ -153,6 +154,52 @@ class Tokens:
         if len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("invalid token")
         return self.decode(token)
+
+
+class KnownUsers:
+    """Whether a token's user exists (and still has the token's role), from auth's
+    ``get_user``, remembered for ``ttl_seconds``: a signed-in request costs no extra RPC while
+    its user is in the cache, and a removed user is refused within ``ttl_seconds``."""
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, ttl_seconds, clock=time.monotonic):
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._roles = {}  # user id -> (expires at, role or None: no such user)
+
+    def check(self, principal, get_user):
+        """``principal`` if its user exists with its role, else Unauthorized."""
+        now = self.clock()
+        entry = self._roles.get(principal.user_id)
+        if entry is None or entry[0] <= now:
+            try:
+                role = get_user(principal.user_id)["role"]
+            except NotFound:
+                role = None
+            if len(self._roles) >= self.MAX_ENTRIES:
+                self._roles = {key: value for key, value in self._roles.items() if value[0] > now}
+                if len(self._roles) >= self.MAX_ENTRIES:
+                    self._roles.clear()
+            entry = self._roles[principal.user_id] = (now + self.ttl_seconds, role)
+        if entry[1] is None:
+            raise Unauthorized("the token's user does not exist")
+        if entry[1] != principal.role:
+            raise Unauthorized("the token's role is out of date; sign in again")
+        return principal
+
+
+class KnownUsersCache(DependencyProvider):
+    """One ``KnownUsers`` per gateway process (USER_CACHE_SECONDS)."""
+
+    def setup(self):
+        ttl = float(self.container.config.get("USER_CACHE_SECONDS", DEFAULT_USER_CACHE_SECONDS))
+        if ttl < 0:
+            raise ConfigurationError("USER_CACHE_SECONDS must not be negative")
+        self.known_users = KnownUsers(ttl)
+
+    def get_dependency(self, worker_ctx):
+        return self.known_users
 
 
 class TokenAuth(DependencyProvider):

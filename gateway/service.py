@@ -14,7 +14,7 @@ from nameko.dependency_providers import Config
 from werkzeug.wrappers import Response
 
 from gateway import schemas
-from gateway.auth import TokenAuth
+from gateway.auth import KnownUsersCache, TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.live import LiveFeed, stream
 from gateway.openapi import openapi_document
@@ -85,6 +85,7 @@ class GatewayService:
     analytics = TimedRpcProxy("analytics")
 
     tokens = TokenAuth()
+    known_users = KnownUsersCache()  # a token's user must exist (gateway/auth.py)
     failed_logins = LoginThrottle()
     config = Config()
     http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
@@ -118,7 +119,7 @@ class GatewayService:
 
     @http("GET", "/api/users/me/notifications")
     def my_notifications(self, request):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         page = _page_args(request)
         result = self.notification.list_notifications(principal.user_id, page["page"],
                                                       page["per_page"])
@@ -128,7 +129,7 @@ class GatewayService:
 
     @http("POST", "/api/courses")
     def create_course(self, request):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         if not principal.is_instructor:
             raise Forbidden("only instructors can create courses")
         args = _load_body(request, schemas.CourseCreateRequest)
@@ -148,13 +149,13 @@ class GatewayService:
 
     @http("POST", f"/api/courses/{ID}/enroll")
     def enroll(self, request, course_id):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         enrollment = self.course.enroll(principal.user_id, course_id)
         return json_response(schemas.EnrollmentSchema().dump(enrollment), 201)
 
     @http("POST", f"/api/courses/{ID}/reviews")
     def create_review(self, request, course_id):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         args = _load_body(request, schemas.ReviewCreateRequest)
         review = self.review.create_review(principal.user_id, course_id, args["rating"],
                                            args["comment"])
@@ -173,7 +174,7 @@ class GatewayService:
     @http("GET", "/api/events")
     def list_events(self, request):
         """The event log (admins): filter by type, time, user, course; newest first."""
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         if not principal.is_admin:
             raise Forbidden("only admins can read the event log")
         args = schemas.EventQuery().load_or_raise(request.args.to_dict(flat=True),
@@ -254,6 +255,10 @@ class GatewayService:
         body = {"status": "unavailable" if unavailable else "ok", "checks": checks,
                 "unavailable": unavailable}
         return json_response(schemas.HealthSchema().dump(body), 503 if unavailable else 200)
+
+    def _principal(self, request):
+        """Who ``request`` acts for: a valid token whose user exists (else 401)."""
+        return self.known_users.check(self.tokens.principal(request), self.auth.get_user)
 
     def _broker_state(self, timeout):
         try:

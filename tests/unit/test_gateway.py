@@ -24,6 +24,7 @@ USER = {"id": 7, "email": "ada@example.com", "name": "Ada", "role": "student",
         "created_at": "2026-11-26T10:00:00+00:00"}
 INSTRUCTOR = dict(USER, id=8, email="grace@example.com", role="instructor")
 ADMIN = dict(USER, id=1, email="admin@example.com", role="admin")
+USERS_BY_ID = {user["id"]: user for user in (USER, INSTRUCTOR, ADMIN)}
 COURSE = {"id": 3, "title": "Python", "description": "Basics", "instructor_id": 8,
           "created_at": "2026-11-26T10:00:00+00:00", "rating_average": None,
           "rating_count": 0, "enrollment_count": 0}
@@ -47,7 +48,10 @@ def gateway(container_factory, web_config, web_config_port):
             if not isinstance(extension, (ReplyListener, QueueConsumer)))
         container.start()
         start.container = container
-        return f"http://127.0.0.1:{web_config_port}", dict(zip(PROXIES, mocks))
+        mocks = dict(zip(PROXIES, mocks))
+        # every signed-in route checks that the token's user exists (gateway/auth.py KnownUsers)
+        mocks["auth"].get_user.side_effect = lambda user_id: USERS_BY_ID[user_id]
+        return f"http://127.0.0.1:{web_config_port}", mocks
 
     return start
 
@@ -566,3 +570,37 @@ def test_streams_beyond_the_limit_are_503(gateway):
                      "service_unavailable")
     finally:
         first.close()
+
+
+# -- a token's user must exist --------------------------------------------------------------
+
+def test_a_token_for_a_user_that_does_not_exist_is_401_everywhere(api):
+    base, mocks = api
+    ghost = dict(USER, id=99)
+    mocks["auth"].get_user.side_effect = NotFound("user 99 does not exist")
+    for method, path in (("POST", "/api/courses/3/enroll"), ("GET", "/api/users/me"),
+                         ("GET", "/api/users/me/notifications")):
+        assert_error(requests.request(method, base + path, headers=bearer(token_for(ghost))),
+                     401, "unauthorized")
+    response = requests.post(f"{base}/api/courses/3/reviews", json={"rating": 5},
+                             headers=bearer(token_for(ghost)))
+    assert_error(response, 401, "unauthorized")
+    mocks["course"].enroll.assert_not_called()
+    mocks["review"].create_review.assert_not_called()
+
+
+def test_known_users_are_cached_not_asked_for_on_every_request(api):
+    base, mocks = api
+    mocks["course"].enroll.side_effect = Conflict("already enrolled in this course")
+    for _ in range(5):
+        response = requests.post(f"{base}/api/courses/3/enroll", headers=bearer(token_for(USER)))
+        assert response.status_code == 409
+    assert mocks["auth"].get_user.call_count == 1
+
+
+def test_a_token_whose_role_is_out_of_date_is_401(api):
+    base, mocks = api
+    response = requests.post(f"{base}/api/courses", json={"title": "T", "description": "D"},
+                             headers=bearer(token_for(dict(USER, role="instructor"))))
+    assert_error(response, 401, "unauthorized")
+    mocks["course"].create_course.assert_not_called()
