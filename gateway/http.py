@@ -24,7 +24,7 @@ from werkzeug.wrappers import Request, Response
 from gateway.door import DoorMixin, close_after_response
 
 from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceError, ServiceUnavailable,
-                                 Unauthorized, ValidationError)
+                                 TooManyRequests, Unauthorized, ValidationError)
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ class BadRequest(ServiceError):
 
 class BodyTimeout(Exception):
     """The request body did not arrive within HTTP_BODY_TIMEOUT (gateway/door.py)."""
-
-
-class TooManyRequests(ServiceError):
-    code = "too_many_requests"
-
-    def __init__(self, message, retry_after):
-        super().__init__(message)
-        self.retry_after = int(retry_after)
 
 
 # THE table: exception class -> (HTTP status, error code). First match wins (subclasses first).

@@ -18,7 +18,6 @@ from gateway.auth import KnownUsersCache, TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.live import LiveFeed, stream
 from gateway.openapi import openapi_document
-from gateway.throttle import LoginThrottle
 from services.kit import metrics
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from services.kit.rpc import TimedRpcProxy
@@ -86,7 +85,6 @@ class GatewayService:
 
     tokens = TokenAuth()
     known_users = KnownUsersCache()  # a token's user must exist (gateway/auth.py)
-    failed_logins = LoginThrottle()
     config = Config()
     http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
     live = LiveFeed()  # every event, as it happens, for /api/events/stream
@@ -102,8 +100,8 @@ class GatewayService:
     @http("POST", "/api/auth/login")
     def login(self, request):
         args = _load_body(request, schemas.LoginRequest)
-        with self.failed_logins.attempt(args["email"]):
-            user = self.auth.authenticate(args["email"], args["password"])
+        # throttled by auth, by this client address and by account (services/auth/throttle.py)
+        user = self.auth.authenticate(args["email"], args["password"], self._client(request))
         # a bearer token must not be kept by a browser's or a proxy's cache (RFC 6749, 5.1)
         return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)),
                              headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
@@ -255,6 +253,17 @@ class GatewayService:
         body = {"status": "unavailable" if unavailable else "ok", "checks": checks,
                 "unavailable": unavailable}
         return json_response(schemas.HealthSchema().dump(body), 503 if unavailable else 200)
+
+    def _client(self, request):
+        """The client's address: the TCP peer, or behind TRUSTED_PROXY_HOPS reverse proxies
+        the address the outermost of them saw (X-Forwarded-For, counted from the right)."""
+        hops = int(self.config.get("TRUSTED_PROXY_HOPS", 0))
+        if hops > 0:
+            forwarded = [part.strip() for part in
+                         request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
+            if len(forwarded) >= hops:
+                return forwarded[-hops][:100]
+        return request.remote_addr
 
     def _principal(self, request):
         """Who ``request`` acts for: a valid token whose user exists (else 401)."""

@@ -39,15 +39,25 @@ def register(session, passwords, dispatch, email, password, name, role="student"
     return UserSchema().dump(user)
 
 
-def authenticate(session, passwords, email, password):
+def authenticate(session, passwords, throttle, email, password, client_address=None):
+    """The user, or Unauthorized; TooManyRequests before any password check while the client
+    address or the account is in a throttle delay (services/auth/throttle.py)."""
     try:
-        args = AuthenticateArgs().load_or_raise({"email": email, "password": password})
+        args = AuthenticateArgs().load_or_raise(
+            {"email": email, "password": password, "client_address": client_address})
     except ValidationError:  # not even an email and a password: just as unknown
         raise Unauthorized(BAD_CREDENTIALS) from None
-    user = session.execute(select(User).where(User.email == args["email"])).scalar_one_or_none()
+    email, address = args["email"], args["client_address"]
+    throttle.admit(session, email, address)  # TooManyRequests: no argon2 for a refused attempt
+    user = session.execute(select(User).where(User.email == email)).scalar_one_or_none()
+    password_hash, user_id = (user.password_hash, user.id) if user else (None, None)
+    session.rollback()  # no transaction (nor SQLite's lock) held during argon2
     # Always one argon2 verification: against a dummy hash when there is no such user.
-    if not passwords.verify(user.password_hash if user else None, args["password"]):
+    if not passwords.verify(password_hash, args["password"]):
+        throttle.failed(session, email, address)
         raise Unauthorized(BAD_CREDENTIALS)
+    throttle.succeeded(session, email, address)
+    user = session.get(User, user_id)
     if passwords.needs_rehash(user.password_hash):  # cost parameters were raised since
         user.password_hash = passwords.hash(args["password"])
         session.commit()

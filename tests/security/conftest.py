@@ -23,9 +23,11 @@ def database_backend():
 
 
 class Bystander:
-    """An ordinary client on its own address: ``get(path)`` -> (status, seconds it took)."""
+    """An ordinary client on its own address (``source``): ``get(path)`` -> (status, seconds it
+    took); ``request`` -> (status, seconds, body)."""
 
-    def __init__(self, address, timeout=10):
+    def __init__(self, address, timeout=10, source=BYSTANDER):
+        self.source = source
         self.host, port = address.split(":")
         self.port = int(port)
         self.timeout = timeout
@@ -33,7 +35,7 @@ class Bystander:
 
     def request(self, method, path, body=None, headers=None):
         connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout,
-                                                source_address=(BYSTANDER, 0))
+                                                source_address=(self.source, 0))
         started = time.monotonic()
         try:
             payload = json.dumps(body) if body is not None else None

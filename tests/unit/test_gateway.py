@@ -15,8 +15,8 @@ from nameko.utils.concurrency import SpawningSet
 
 from gateway.auth import DEV_JWT_SECRET
 from gateway.service import GatewayService
-from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized,
-                                 ValidationError)
+from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceUnavailable, TooManyRequests,
+                                 Unauthorized, ValidationError)
 
 PROXIES = ("auth", "course", "review", "notification", "analytics")
 SECRET = "unit-test-secret-that-is-long-enough-0123456789"
@@ -36,8 +36,7 @@ def gateway(container_factory, web_config, web_config_port):
 
     def start(**overrides):
         # no broker: every RPC proxy is a mock; the URI is only read, never used
-        config = dict(web_config, AMQP_URI="pyamqp://guest:guest@127.0.0.1:1/", JWT_SECRET=SECRET, JWT_TTL_SECONDS=600, MAX_BODY_BYTES=1024,
-                      LOGIN_MAX_FAILURES=3, LOGIN_FAILURE_WINDOW_SECONDS=60)
+        config = dict(web_config, AMQP_URI="pyamqp://guest:guest@127.0.0.1:1/", JWT_SECRET=SECRET, JWT_TTL_SECONDS=600, MAX_BODY_BYTES=1024)
         config.update(overrides)
         container = container_factory(GatewayService, config)
         mocks = replace_dependencies(container, *PROXIES)
@@ -346,38 +345,28 @@ def test_wrong_method_is_json_405(api):
     assert "POST" in response.headers["Allow"] and "GET" in response.headers["Allow"]
 
 
-# -- failed logins --------------------------------------------------------------------------
+# -- failed logins (throttled by auth: tests/unit/test_auth.py, tests/security) ------------------
 
-def test_failed_logins_are_throttled_per_account(api):
+def test_login_passes_the_client_address_and_auths_429_on(api):
     base, mocks = api
-    mocks["auth"].authenticate.side_effect = Unauthorized("invalid email or password")
-    for _ in range(3):
-        assert_error(requests.post(f"{base}/api/auth/login", json={
-            "email": "ada@example.com", "password": "wrong"}), 401, "unauthorized")
-    # the fourth try, even with the right password (and another spelling of the email): 429
-    mocks["auth"].authenticate.side_effect = None
     mocks["auth"].authenticate.return_value = USER
+    assert requests.post(f"{base}/api/auth/login", json={
+        "email": "ada@example.com", "password": "right"}).status_code == 200
+    mocks["auth"].authenticate.assert_called_once_with("ada@example.com", "right", "127.0.0.1")
+    mocks["auth"].authenticate.side_effect = TooManyRequests("too many failed logins",
+                                                             retry_after=7.2)
     response = requests.post(f"{base}/api/auth/login", json={
-        "email": "ADA@example.com", "password": "right"})
+        "email": "ada@example.com", "password": "right"})
     assert_error(response, 429, "too_many_requests")
-    assert 1 <= int(response.headers["Retry-After"]) <= 60
-    assert mocks["auth"].authenticate.call_count == 3
-    # another account is not affected
-    response = requests.post(f"{base}/api/auth/login", json={
-        "email": "grace@example.com", "password": "right"})
-    assert response.status_code == 200
+    assert response.headers["Retry-After"] == "8"
 
 
-def test_failures_leave_the_window(gateway):
-    base, mocks = gateway(LOGIN_FAILURE_WINDOW_SECONDS=1)
-    mocks["auth"].authenticate.side_effect = Unauthorized("invalid email or password")
-    for _ in range(3):
-        requests.post(f"{base}/api/auth/login", json={"email": "a@example.com", "password": "x"})
-    assert requests.post(f"{base}/api/auth/login", json={
-        "email": "a@example.com", "password": "x"}).status_code == 429
-    time.sleep(1.2)
-    assert requests.post(f"{base}/api/auth/login", json={
-        "email": "a@example.com", "password": "x"}).status_code == 401
+def test_behind_trusted_proxies_the_forwarded_address_is_the_client(gateway):
+    base, mocks = gateway(TRUSTED_PROXY_HOPS=1)
+    mocks["auth"].authenticate.return_value = USER
+    requests.post(f"{base}/api/auth/login", json={"email": "a@example.com", "password": "x"},
+                  headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.9"})
+    mocks["auth"].authenticate.assert_called_once_with("a@example.com", "x", "203.0.113.9")
 
 
 # -- OpenAPI --------------------------------------------------------------------------------
@@ -401,21 +390,6 @@ def test_openapi_document_covers_every_route_and_the_error_schema(api):
     assert "Retry-After" in login["429"]["headers"]
     assert document["components"]["schemas"]["RegisterRequest"]["additionalProperties"] is False
     json.dumps(document)
-
-
-def test_parallel_guesses_do_not_get_past_the_limit(api):
-    base, mocks = api
-
-    def slow_refusal(email, password):
-        eventlet.sleep(0.3)
-        raise Unauthorized("invalid email or password")
-
-    mocks["auth"].authenticate.side_effect = slow_refusal
-    pool = eventlet.GreenPool()
-    statuses = list(pool.imap(lambda _: requests.post(f"{base}/api/auth/login", json={
-        "email": "ada@example.com", "password": "guess"}).status_code, range(8)))
-    assert sorted(statuses) == [401] * 3 + [429] * 5
-    assert mocks["auth"].authenticate.call_count == 3
 
 
 def test_a_service_error_during_login_is_not_a_failed_login(api):
