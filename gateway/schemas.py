@@ -270,7 +270,7 @@ class AnalyticsSummarySchema(ResponseSchema):
 class ErrorSchema(ResponseSchema):
     error = fields.String(required=True, metadata={
         "description": "validation_error, bad_request, unauthorized, forbidden, not_found, "
-                       "method_not_allowed, request_timeout, conflict, payload_too_large, "
+                       "method_not_allowed, request_timeout, conflict, payload_too_large, uri_too_long, "
                        "too_many_requests, "
                        "service_unavailable or internal_error"})
     message = fields.String(required=True)
