@@ -18,6 +18,7 @@ clients trickling a body one byte at a time held all ``max_workers`` and nothing
 The client address is the TCP peer: behind a reverse proxy every client is the proxy, so there
 the per-client cap belongs in the proxy (docs/operations.md, "In front of the gateway").
 """
+import errno
 import json
 import logging
 import socket
@@ -41,6 +42,7 @@ LIMITS = {
 }
 PROTOCOL_ENVIRON_KEY = "gateway.protocol"  # lets the WSGI app close the connection after it
 REFUSAL_SEND_TIMEOUT = 2.0
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 class HeaderTimeout(Exception):
@@ -224,7 +226,14 @@ class DoorMixin:
     def run(self):
         # nameko's loop, with the connection gate in front of process_request
         while self._is_accepting:
-            sock, address = self._sock.accept()
+            try:
+                sock, address = self._sock.accept()
+            except OSError as exc:  # EMFILE/ENFILE: out of file descriptors (ulimit -n)
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.warning("cannot accept connections: %s; retrying", exc)
+                eventlet.sleep(ACCEPT_RETRY_SECONDS)  # nameko's loop would end the gateway
+                continue
             refusal = self.gate.admit(address)
             if refusal is not None:
                 eventlet.spawn_n(refuse, sock, refusal)

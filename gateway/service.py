@@ -14,7 +14,7 @@ from nameko.dependency_providers import Config
 from werkzeug.wrappers import Response
 
 from gateway import schemas
-from gateway.auth import KnownUsersCache, TokenAuth
+from gateway.auth import KnownUsersCache, LoginSlots, TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.live import LiveFeed, stream
 from gateway.openapi import openapi_document
@@ -85,6 +85,7 @@ class GatewayService:
 
     tokens = TokenAuth()
     known_users = KnownUsersCache()  # a token's user must exist (gateway/auth.py)
+    logins = LoginSlots()  # LOGIN_MAX_CONCURRENT: a login burst leaves workers for the rest
     config = Config()
     http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
     live = LiveFeed()  # every event, as it happens, for /api/events/stream
@@ -101,7 +102,9 @@ class GatewayService:
     def login(self, request):
         args = _load_body(request, schemas.LoginRequest)
         # throttled by auth, by this client address and by account (services/auth/throttle.py)
-        user = self.auth.authenticate(args["email"], args["password"], self._client(request))
+        with self.logins.slot():
+            user = self.auth.authenticate(args["email"], args["password"],
+                                          self._client(request))
         # a bearer token must not be kept by a browser's or a proxy's cache (RFC 6749, 5.1)
         return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)),
                              headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

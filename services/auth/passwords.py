@@ -9,6 +9,7 @@ import unicodedata
 
 import argon2
 from eventlet import tpool
+from eventlet.semaphore import Semaphore
 
 MIN_LENGTH = 8
 MAX_LENGTH = 256
@@ -20,6 +21,11 @@ COMMON_PASSWORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 TIME_COST_CONFIG_KEY = "PASSWORD_HASH_TIME_COST"
 MEMORY_COST_CONFIG_KEY = "PASSWORD_HASH_MEMORY_COST"  # KiB
 PARALLELISM_CONFIG_KEY = "PASSWORD_HASH_PARALLELISM"
+# argon2 runs at most this many at once per auth process (others wait their turn): a burst of
+# logins (30 unknown emails at once) then costs the service's CPU at most this many hashes, not
+# every core for seconds while every other request waits.
+CONCURRENCY_CONFIG_KEY = "PASSWORD_HASH_CONCURRENCY"
+DEFAULT_CONCURRENCY = 1  # one hash already runs PASSWORD_HASH_PARALLELISM (4) threads
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,18 +70,23 @@ class Passwords:
     native thread pool, so the service's other greenthreads go on meanwhile.
     """
 
-    def __init__(self, hasher):
+    def __init__(self, hasher, concurrency=DEFAULT_CONCURRENCY):
         self.hasher = hasher
         self.dummy_hash = hasher.hash("not a real password: timing equalizer")
+        self.turns = Semaphore(max(1, int(concurrency)))
+
+    def _run(self, function, *args):
+        with self.turns:
+            return tpool.execute(function, *args)
 
     def hash(self, password):
-        return tpool.execute(self.hasher.hash, normalize_password(password))
+        return self._run(self.hasher.hash, normalize_password(password))
 
     def verify(self, password_hash, password):
         """True if ``password`` matches; ``password_hash`` None verifies the dummy (False)."""
         try:
-            tpool.execute(self.hasher.verify, password_hash or self.dummy_hash,
-                          normalize_password(password))
+            self._run(self.hasher.verify, password_hash or self.dummy_hash,
+                      normalize_password(password))
         except argon2.exceptions.VerificationError:  # mismatch or a corrupt hash
             return False
         except argon2.exceptions.InvalidHashError:

@@ -4,7 +4,8 @@ from nameko.rpc import rpc
 
 from services.auth import commands
 from services.auth.models import Base
-from services.auth.passwords import Passwords, make_hasher
+from services.auth.passwords import (CONCURRENCY_CONFIG_KEY, DEFAULT_CONCURRENCY, Passwords,
+                                     make_hasher)
 from services.auth.throttle import LoginThrottle
 from services.kit import Database, EventDispatcher
 from services.kit.db import check_database
@@ -12,10 +13,13 @@ from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
 
 
 class PasswordHashing(DependencyProvider):
-    """argon2id with the cost set in config (PASSWORD_HASH_TIME_COST, ..._MEMORY_COST, ...)."""
+    """argon2id with the cost set in config (PASSWORD_HASH_TIME_COST, ..._MEMORY_COST, ...,
+    and ..._CONCURRENCY: hashes at once)."""
 
     def setup(self):
-        self.passwords = Passwords(make_hasher(self.container.config))
+        config = self.container.config
+        self.passwords = Passwords(make_hasher(config), config.get(CONCURRENCY_CONFIG_KEY,
+                                                                   DEFAULT_CONCURRENCY))
 
     def get_dependency(self, worker_ctx):
         return self.passwords

@@ -578,3 +578,26 @@ def test_a_token_whose_role_is_out_of_date_is_401(api):
                              headers=bearer(token_for(dict(USER, role="instructor"))))
     assert_error(response, 401, "unauthorized")
     mocks["course"].create_course.assert_not_called()
+
+
+def test_logins_in_progress_are_capped_so_other_routes_keep_workers(gateway):
+    base, mocks = gateway(LOGIN_MAX_CONCURRENT=2)
+
+    def slow_refusal(email, password, client_address):
+        eventlet.sleep(0.5)
+        raise Unauthorized("invalid email or password")
+
+    mocks["auth"].authenticate.side_effect = slow_refusal
+    mocks["course"].list_courses.return_value = {"items": [], "page": 1, "per_page": 20,
+                                                 "total": 0}
+    pool = eventlet.GreenPool()
+    logins = [pool.spawn(requests.post, f"{base}/api/auth/login",
+                         json={"email": f"u{n}@example.com", "password": "x"})
+              for n in range(6)]
+    eventlet.sleep(0.1)
+    started = time.monotonic()
+    assert requests.get(f"{base}/api/courses").status_code == 200
+    assert time.monotonic() - started < 0.4  # served while the logins wait
+    statuses = sorted(login.wait().status_code for login in logins)
+    assert statuses == [401, 401, 429, 429, 429, 429]
+    assert mocks["auth"].authenticate.call_count == 2
