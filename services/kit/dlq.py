@@ -16,6 +16,7 @@ from services.kit.constants import (
     DEAD_LETTER_SUFFIX, EXTRA_SUBSCRIPTIONS_CONFIG_KEY, HEADER_ATTEMPTS, HEADER_EXCEPTION,
     HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REASON,
 )
+from services.kit.trust import broker_user, republished
 
 # Parked copies carry these; a requeued message starts afresh without them.
 FAILURE_HEADERS = (HEADER_ATTEMPTS, HEADER_REASON, HEADER_EXCEPTION, HEADER_FAILED_AT,
@@ -148,6 +149,8 @@ class DeadLetters:
                                if key not in FAILURE_HEADERS}
                     properties = {key: value for key, value in message.properties.items()
                                   if key != "application_headers"}
+                    properties, headers = republished(  # as this connection's user_id
+                        properties, headers, broker_user(self.config["AMQP_URI"]))
                     copy = amqp.Message(message.body, application_headers=headers,
                                         **properties)
                     # the default exchange routes straight to the queue it was parked from

@@ -64,8 +64,7 @@ from services.kit.constants import (
 )
 from services.kit.db import Database, utcnow
 from services.kit.envelope import InvalidEvent, new_event, parse_event
-from services.kit.trust import (HEADER_ORIGINAL_USER, PublisherCheck, UntrustedPublisher,
-                                broker_user)
+from services.kit.trust import PublisherCheck, UntrustedPublisher, broker_user, republished
 
 log = logging.getLogger(__name__)
 
@@ -280,16 +279,14 @@ class FailureRouter(SharedExtension):
     kill = stop
 
     def forward(self, message, exchange, routing_key, extra_headers):
-        properties = {key: message.properties[key] for key in KEPT_PROPERTIES
+        properties = {key: message.properties[key] for key in KEPT_PROPERTIES + ("user_id",)
                       if message.properties.get(key) is not None}
         headers = dict(message.headers or {})
         headers.update(extra_headers)
-        # the copy is published as our own broker user; who published the event goes along
-        original = self.publishers.publisher(message.properties, message.headers or {})
-        if original is not None:
-            headers[HEADER_ORIGINAL_USER] = original
+        # published as our own broker user; who published the event goes along in a header
+        properties, headers = republished(properties, headers, self.publishers.own_user)
         copy = amqp.Message(message.body, delivery_mode=2, application_headers=headers,
-                            user_id=self.publishers.own_user, **properties)
+                            **properties)
         with self._lock:
             unroutable = self.publisher.publish_batch([(exchange, routing_key, copy)])
         if unroutable:  # its retry queue or DLQ is missing: the caller rejects it instead

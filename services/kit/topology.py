@@ -26,6 +26,7 @@ from services.kit.constants import (
     QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES, RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX,
     SHELL_EVENT_EXCHANGES,
 )
+from services.kit.trust import broker_user, republished
 
 MIGRATE_COMMAND = "knowledge-nest migrate-queues"
 DECLARE_ATTEMPTS = 5
@@ -232,7 +233,7 @@ def _queue_matches(connection, queue):
             channel.close()
 
 
-def _move_messages(channel, source, destination):
+def _move_messages(channel, source, destination, own_user):
     """basic.get each message of ``source``, publish it confirmed to ``destination``, then ack."""
     moved = 0
     while True:
@@ -240,6 +241,9 @@ def _move_messages(channel, source, destination):
         if message is None:
             return moved
         properties = dict(message.properties)
+        headers = properties.pop("application_headers", None) or {}
+        properties, headers = republished(properties, headers, own_user)  # RabbitMQ's rule
+        properties["application_headers"] = headers
         body = message.body
         if isinstance(body, str):  # py-amqp decodes bodies that name a content_encoding
             body = body.encode(properties.get("content_encoding") or "utf-8")
@@ -288,12 +292,14 @@ def migrate_queue(connection, queue_name, binding_keys, config):
         if old_exists and not _queue_matches(connection, wanted):
             for key in binding_keys:
                 channel.queue_unbind(queue_name, EVENTS_EXCHANGE, routing_key=key)
-            _move_messages(channel, queue_name, holding_name)
+            _move_messages(channel, queue_name, holding_name,
+                               broker_user(config["AMQP_URI"]))
             channel.queue_delete(queue_name)
         wanted(channel).declare()  # with its bindings
         for key in binding_keys:
             channel.queue_unbind(holding_name, EVENTS_EXCHANGE, routing_key=key)
-        moved += _move_messages(channel, holding_name, queue_name)
+        moved += _move_messages(channel, holding_name, queue_name,
+                                broker_user(config["AMQP_URI"]))
         channel.queue_delete(holding_name, if_empty=True)
         return moved
     finally:

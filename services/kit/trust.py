@@ -45,6 +45,21 @@ def _enabled(value):
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def republished(properties, headers, own_user):
+    """(properties, headers) for a copy of a message that ``own_user``'s connection publishes
+    again (retry, DLQ, requeue, queue migration): RabbitMQ takes only the connection's own user
+    as ``user_id``; the event's publisher moves to ``x-original-user-id`` (kept if already
+    there)."""
+    properties, headers = dict(properties), dict(headers or {})
+    original = properties.pop("user_id", None)
+    if isinstance(original, bytes):
+        original = original.decode("utf-8", "replace")
+    if original is not None:
+        headers.setdefault(HEADER_ORIGINAL_USER, original)
+    properties["user_id"] = own_user
+    return properties, headers
+
+
 class PublisherCheck:
     """``check(event_type, properties, headers)``: UntrustedPublisher unless allowed."""
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Api, api, start_suite, suite_config  # noqa: F401 (fixtures)
+from tests.e2e.conftest import api, start_suite, suite_config  # noqa: F401 (fixtures)
 
 ATTACKER = "127.0.0.1"
 BYSTANDER = "127.0.0.2"
@@ -95,8 +95,3 @@ def is_closed(sock, timeout):
         return False
     except OSError:
         return True
-
-
-@pytest.fixture
-def gateway_address(api):
-    return api.base_url.removeprefix("http://")

@@ -1,7 +1,6 @@
 """Login throttling (services/auth/throttle.py) against the whole suite, on SQLite and
 PostgreSQL: guessers are slowed, owners are not locked out, the state outlives a gateway."""
 import json
-import time
 
 import eventlet
 import pytest

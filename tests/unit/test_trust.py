@@ -91,3 +91,15 @@ def test_password_hash_is_rabbitmqs_salted_sha256():
     salt = b"\x01\x02\x03\x04"
     decoded = base64.b64decode(password_hash("secret", salt))
     assert decoded == salt + hashlib.sha256(salt + b"secret").digest()
+
+
+def test_a_republished_copy_is_ours_and_remembers_the_publisher():
+    from services.kit.trust import republished
+    properties, headers = republished({"user_id": "u_review", "type": "review.created"},
+                                      {"x-attempts": 1}, "u_course")
+    assert properties == {"user_id": "u_course", "type": "review.created"}
+    assert headers == {"x-attempts": 1, "x-original-user-id": "u_review"}
+    # forwarded again (a second retry): the first publisher is kept, and it still checks out
+    properties, headers = republished(properties, headers, "u_course")
+    assert headers["x-original-user-id"] == "u_review"
+    check().check("review.created", properties, headers)
