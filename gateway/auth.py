@@ -11,7 +11,6 @@ nor ``production``, and in production when the secret is the default, the placeh
 .env.example (or any "change-me"-like one), shorter than 32 bytes, a common password, or of low
 entropy (``secret_problem``).
 """
-import contextlib
 import logging
 import math
 import re
@@ -26,7 +25,7 @@ from nameko.extensions import DependencyProvider
 
 from services.auth.passwords import common_passwords
 from services.kit.config import refuse_to_start
-from services.kit.errors import NotFound, TooManyRequests, Unauthorized
+from services.kit.errors import NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ DEFAULT_TTL_SECONDS = 3600
 ROLES = ("student", "instructor", "admin")  # admin: only from `knowledge-nest create-admin`
 MAX_TOKEN_CHARS = 4096
 DEFAULT_USER_CACHE_SECONDS = 30
-DEFAULT_LOGIN_MAX_CONCURRENT = 4  # of max_workers (10): the other routes keep the rest
 # ``sub`` as we write it: ASCII digits, no leading zero ("\u00b2", "\u2460", "0001" are refused)
 SUBJECT = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
@@ -202,34 +200,6 @@ class KnownUsersCache(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return self.known_users
-
-
-class LoginSlots(DependencyProvider):
-    """At most LOGIN_MAX_CONCURRENT logins in progress per gateway process; more get a 429 with
-    ``Retry-After: 1``. A login waits on auth's argon2 (tens of milliseconds each, a queue of
-    them in a burst) while holding one of the gateway's ``max_workers``: without this, 30
-    logins at once held every worker and the rest of the API waited seconds for one."""
-
-    def setup(self):
-        self.limit = int(self.container.config.get("LOGIN_MAX_CONCURRENT",
-                                                   DEFAULT_LOGIN_MAX_CONCURRENT))
-        if self.limit < 1:
-            raise ConfigurationError("LOGIN_MAX_CONCURRENT must be at least 1")
-        self.in_progress = 0
-
-    @contextlib.contextmanager
-    def slot(self):
-        if self.in_progress >= self.limit:
-            raise TooManyRequests("too many logins in progress; try again in a second",
-                                  retry_after=1)
-        self.in_progress += 1
-        try:
-            yield
-        finally:
-            self.in_progress -= 1
-
-    def get_dependency(self, worker_ctx):
-        return self
 
 
 class TokenAuth(DependencyProvider):

@@ -13,15 +13,17 @@ import json
 import logging
 
 import eventlet
-from nameko.exceptions import UnknownService
+from eventlet.semaphore import Semaphore
+from nameko.exceptions import ConfigurationError, UnknownService
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug import exceptions as http_exceptions
 from werkzeug.routing import Map, RequestRedirect
-from werkzeug.routing.converters import BaseConverter, ValidationError as NoMatch
+from werkzeug.routing.converters import BaseConverter
 from werkzeug.wrappers import Request, Response
 
 from gateway.door import DoorMixin, close_after_response
+from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
 
 from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceError, ServiceUnavailable,
                                  TooManyRequests, Unauthorized, ValidationError)
@@ -175,15 +177,16 @@ class JsonWsgiApp(WsgiApp):
 class IdConverter(BaseConverter):
     """``<id:name>``: a database id written the one way we write it, ASCII digits without
     leading zeros, 1 to 2**31 - 1 ("0001", "\u0661" or "\u00b2" do not match: 404)."""
-    regex = r"[1-9][0-9]{0,9}"
+    # 1 to 2147483647 exactly (a converter that refuses in to_python makes werkzeug answer
+    # 405 instead of 404)
+    regex = (r"(?:[1-9][0-9]{0,8}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}"
+             r"|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}"
+             r"|21474836[0-3][0-9]|214748364[0-7])")
     weight = 50
     part_isolating = True
 
     def to_python(self, value):
-        number = int(value)
-        if number > 2 ** 31 - 1:
-            raise NoMatch()
-        return number
+        return int(value)
 
     def to_url(self, value):
         return str(int(value))
@@ -212,10 +215,37 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
     by nameko as warnings, not as errors with tracebacks."""
     server = JsonWebServer()
 
-    def __init__(self, method, url, expected_exceptions=None, **kwargs):
+    def __init__(self, method, url, expected_exceptions=None, max_concurrent=None, **kwargs):
+        """``max_concurrent=(config key, default)``: at most that many requests of this route
+        in workers at once; the others wait (in their connection's greenthread, holding no
+        worker) up to RPC_TIMEOUT seconds for a turn, then get a 429 with Retry-After."""
         expected = tuple(entry[0] for entry in ERROR_TABLE)
         super().__init__(method, url, expected_exceptions=expected_exceptions or expected,
                          **kwargs)
+        self.max_concurrent = max_concurrent
+        self.turns = None
+
+    def setup(self):
+        super().setup()
+        if self.max_concurrent is not None:
+            key, default = self.max_concurrent
+            limit = int(self.container.config.get(key, default))
+            if limit < 1:
+                raise ConfigurationError(f"{key} must be at least 1")
+            self.turns = Semaphore(limit)
+            self.turn_timeout = float(self.container.config.get(RPC_TIMEOUT_CONFIG_KEY,
+                                                                DEFAULT_RPC_TIMEOUT))
+
+    def handle_request(self, request):
+        if self.turns is None:
+            return super().handle_request(request)
+        if not self.turns.acquire(timeout=self.turn_timeout):
+            raise TooManyRequests("too many requests of this kind in progress; try again",
+                                  retry_after=1)
+        try:
+            return super().handle_request(request)
+        finally:
+            self.turns.release()
 
     def response_from_exception(self, exc):
         return response_for_exception(exc)

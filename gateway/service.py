@@ -14,7 +14,7 @@ from nameko.dependency_providers import Config
 from werkzeug.wrappers import Response
 
 from gateway import schemas
-from gateway.auth import KnownUsersCache, LoginSlots, TokenAuth
+from gateway.auth import KnownUsersCache, TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.live import LiveFeed, stream
 from gateway.openapi import openapi_document
@@ -85,7 +85,6 @@ class GatewayService:
 
     tokens = TokenAuth()
     known_users = KnownUsersCache()  # a token's user must exist (gateway/auth.py)
-    logins = LoginSlots()  # LOGIN_MAX_CONCURRENT: a login burst leaves workers for the rest
     config = Config()
     http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
     live = LiveFeed()  # every event, as it happens, for /api/events/stream
@@ -98,13 +97,13 @@ class GatewayService:
         user = self.auth.register(args["email"], args["password"], args["name"], args["role"])
         return json_response(schemas.UserSchema().dump(user), 201)
 
-    @http("POST", "/api/auth/login")
+    # at most LOGIN_MAX_CONCURRENT logins hold a worker at once (each waits on auth's argon2);
+    # more wait their turn outside the worker pool, so a burst leaves workers for other routes
+    @http("POST", "/api/auth/login", max_concurrent=("LOGIN_MAX_CONCURRENT", 4))
     def login(self, request):
         args = _load_body(request, schemas.LoginRequest)
         # throttled by auth, by this client address and by account (services/auth/throttle.py)
-        with self.logins.slot():
-            user = self.auth.authenticate(args["email"], args["password"],
-                                          self._client(request))
+        user = self.auth.authenticate(args["email"], args["password"], self._client(request))
         # a bearer token must not be kept by a browser's or a proxy's cache (RFC 6749, 5.1)
         return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)),
                              headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
