@@ -6,7 +6,9 @@ Every response the gateway sends is JSON, errors included:
 
 That holds for the errors of a route (``response_from_exception`` below), for werkzeug's own
 404/405 (unknown path, wrong method: ``JsonWsgiApp``), for a body over ``MAX_BODY_BYTES`` (413)
-and for anything unexpected (500 ``internal_error``, logged here with its traceback, never sent).
+or too slow (408), for eventlet's own answers to unreadable requests and the connection caps
+(gateway/door.py), and for anything unexpected (500 ``internal_error``, logged here with its
+traceback, never sent).
 """
 import io
 import json
