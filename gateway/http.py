@@ -6,20 +6,29 @@ Every response the gateway sends is JSON, errors included:
 
 That holds for the errors of a route (``response_from_exception`` below), for werkzeug's own
 404/405 (unknown path, wrong method: ``JsonWsgiApp``), for a body over ``MAX_BODY_BYTES`` (413)
-and for anything unexpected (500 ``internal_error``, logged here with its traceback, never sent).
+or too slow (408), for eventlet's own answers to unreadable requests and the connection caps
+(gateway/door.py), and for anything unexpected (500 ``internal_error``, logged here with its
+traceback, never sent).
 """
+import io
 import json
 import logging
 
-from nameko.exceptions import UnknownService
+import eventlet
+from eventlet.semaphore import Semaphore
+from nameko.exceptions import ConfigurationError, UnknownService
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug import exceptions as http_exceptions
-from werkzeug.routing import RequestRedirect, Rule, WebsocketMismatch
+from werkzeug.routing import Map, RequestRedirect, Rule, WebsocketMismatch
+from werkzeug.routing.converters import BaseConverter
 from werkzeug.wrappers import Request, Response
 
+from gateway.door import DoorMixin, close_after_response
 from services.kit.errors import (Busy, Conflict, Forbidden, NotFound, ServiceError,
-                                 ServiceUnavailable, Unauthorized, ValidationError)
+                                 ServiceUnavailable, TooManyRequests, Unauthorized,
+                                 ValidationError)
+from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +41,8 @@ class BadRequest(ServiceError):
     code = "bad_request"
 
 
-class TooManyRequests(ServiceError):
-    code = "too_many_requests"
-
-    def __init__(self, message, retry_after):
-        super().__init__(message)
-        self.retry_after = int(retry_after)
+class BodyTimeout(Exception):
+    """The request body did not arrive within HTTP_BODY_TIMEOUT (gateway/door.py)."""
 
 
 class TooManyStreams(ServiceUnavailable):
@@ -65,6 +70,7 @@ ERROR_TABLE = (
     (http_exceptions.MethodNotAllowed, 405, "method_not_allowed",
      "method not allowed on this resource"),
     (Conflict, 409, "conflict", None),
+    (BodyTimeout, 408, "request_timeout", "the request body did not arrive in time"),
     (http_exceptions.RequestEntityTooLarge, 413, "payload_too_large",
      "request body too large"),
     (TooManyRequests, 429, "too_many_requests", None),
@@ -126,41 +132,99 @@ class JsonWsgiApp(WsgiApp):
     """nameko's WSGI app, with werkzeug's HTML error pages (404, 405, 413) replaced by JSON, a
     body size limit, and a last guard so that no traceback ever reaches a client."""
 
-    def __init__(self, server, max_body_bytes):
+    def __init__(self, server, max_body_bytes, body_timeout):
         super().__init__(server)
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     def __call__(self, environ, start_response):
         try:
-            if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-                # eventlet's wsgi.input decodes chunks and ends at the last one; tell werkzeug,
-                # which otherwise reads a body without Content-Length as empty. The size limit
-                # still applies (werkzeug counts what it reads).
-                environ["wsgi.input_terminated"] = True
+            self._buffer_body(environ)
             request = Request(environ, shallow=True)
-            # werkzeug stops reading a chunked body at max_content_length without an error:
-            # read one byte more, so that read_body() can tell "too large" from "just fits".
-            request.max_content_length = self.max_body_bytes + 1
             request.max_body_bytes = self.max_body_bytes
+            if environ.get("PATH_INFO", "").startswith("//"):  # werkzeug would match "/..."
+                raise http_exceptions.NotFound()
             adapter = self.url_map.bind_to_environ(environ)
             try:
                 provider, values = adapter.match()
-            except RequestRedirect as redirect:
-                return redirect(environ, start_response)
-            if (request.content_length or 0) > self.max_body_bytes:
-                raise http_exceptions.RequestEntityTooLarge()
+            except RequestRedirect:
+                # werkzeug would answer "//x" or "/x/" with a redirect built from the Host
+                # header; no route of ours has such a form
+                raise http_exceptions.NotFound() from None
             request.path_values = values
             response = provider.handle_request(request)
         except Exception as exc:  # 404/405/413 from werkzeug, or a bug in the plumbing
             response = response_for_exception(exc)
         return response(environ, start_response)
 
+    def _buffer_body(self, environ):
+        """Read the whole body here, in the connection's greenthread and within
+        HTTP_BODY_TIMEOUT, so that a worker never waits on a client (gateway/door.py); at most
+        ``max_body_bytes`` (413 beyond). The worker then reads it from memory."""
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        try:
+            declared = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0  # eventlet has answered 400 before we get here
+        if not chunked and declared <= 0:
+            return
+        if declared > self.max_body_bytes:
+            close_after_response(environ)  # the body stays unread
+            raise http_exceptions.RequestEntityTooLarge()
+        wanted = self.max_body_bytes + 1  # one byte more tells "too large" from "just fits"
+        try:
+            with eventlet.Timeout(self.body_timeout, BodyTimeout()):
+                data = environ["wsgi.input"].read(declared if not chunked else wanted)
+                if chunked and len(data) < wanted:
+                    data += environ["wsgi.input"].read(wanted - len(data))
+        except (BodyTimeout, OSError) as exc:  # OSError: HTTP_SOCKET_TIMEOUT, or reset
+            close_after_response(environ)
+            raise BodyTimeout() from exc
+        except ValueError:  # eventlet's ChunkReadError: broken chunked encoding
+            close_after_response(environ)
+            raise http_exceptions.BadRequest() from None
+        if len(data) > self.max_body_bytes:
+            close_after_response(environ)
+            raise http_exceptions.RequestEntityTooLarge()
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
 
-class JsonWebServer(WebServer):
+
+class IdConverter(BaseConverter):
+    """``<id:name>``: a database id written the one way we write it, ASCII digits without
+    leading zeros, 1 to 2**31 - 1 ("0001", "\u0661" or "\u00b2" do not match: 404)."""
+    # 1 to 2147483647 exactly (a converter that refuses in to_python makes werkzeug answer
+    # 405 instead of 404)
+    regex = (r"(?:[1-9][0-9]{0,8}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}"
+             r"|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}"
+             r"|21474836[0-3][0-9]|214748364[0-7])")
+    weight = 50
+    part_isolating = True
+
+    def to_python(self, value):
+        return int(value)
+
+    def to_url(self, value):
+        return str(int(value))
+
+
+class JsonWebServer(DoorMixin, WebServer):
+    """nameko's web server behind the door (gateway/door.py), serving ``JsonWsgiApp``."""
+
+    def make_url_map(self):
+        # merge_slashes off: werkzeug would redirect "//x" to "/x" (JsonWsgiApp: 404 instead)
+        url_map = Map(converters={"id": IdConverter}, merge_slashes=False)
+        for provider in self._providers:
+            rule = provider.get_url_rule()
+            rule.endpoint = provider
+            url_map.add(rule)
+        return url_map
+
     def get_wsgi_app(self):
         max_body_bytes = int(self.container.config.get(MAX_BODY_BYTES_CONFIG_KEY,
                                                        DEFAULT_MAX_BODY_BYTES))
-        return JsonWsgiApp(self, max_body_bytes)
+        return JsonWsgiApp(self, max_body_bytes, self.limits["HTTP_BODY_TIMEOUT"])
 
 
 class GatewayHttpEntrypoint(HttpRequestHandler):
@@ -168,14 +232,43 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
     by nameko as warnings, not as errors with tracebacks."""
     server = JsonWebServer()
 
-    def __init__(self, method, url, expected_exceptions=None, websocket=False, **kwargs):
+    def __init__(self, method, url, expected_exceptions=None, websocket=False, max_concurrent=None,
+                 **kwargs):
+        """``websocket``: werkzeug routes upgrade requests only to such rules.
+        ``max_concurrent=(config key, default)``: at most that many requests of this route
+        in workers at once; the others wait (in their connection's greenthread, holding no
+        worker) up to RPC_TIMEOUT seconds for a turn, then get a 429 with Retry-After."""
         expected = tuple(entry[0] for entry in ERROR_TABLE)
         super().__init__(method, url, expected_exceptions=expected_exceptions or expected,
                          **kwargs)
-        self.websocket = websocket  # werkzeug routes upgrade requests only to such rules
+        self.websocket = websocket
+        self.max_concurrent = max_concurrent
+        self.turns = None
 
     def get_url_rule(self):
         return Rule(self.url, methods=self.method.split(","), websocket=self.websocket)
+
+    def setup(self):
+        super().setup()
+        if self.max_concurrent is not None:
+            key, default = self.max_concurrent
+            limit = int(self.container.config.get(key, default))
+            if limit < 1:
+                raise ConfigurationError(f"{key} must be at least 1")
+            self.turns = Semaphore(limit)
+            self.turn_timeout = float(self.container.config.get(RPC_TIMEOUT_CONFIG_KEY,
+                                                                DEFAULT_RPC_TIMEOUT))
+
+    def handle_request(self, request):
+        if self.turns is None:
+            return super().handle_request(request)
+        if not self.turns.acquire(timeout=self.turn_timeout):
+            raise TooManyRequests("too many requests of this kind in progress; try again",
+                                  retry_after=1)
+        try:
+            return super().handle_request(request)
+        finally:
+            self.turns.release()
 
     def response_from_exception(self, exc):
         return response_for_exception(exc)

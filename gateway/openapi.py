@@ -20,8 +20,10 @@ ERROR_DESCRIPTIONS = {
     404: "No such resource",
     405: "Method not allowed on this path",
     409: "Conflict with the current state",
+    408: "The request's headers or body did not arrive in time (HTTP_*_TIMEOUT)",
     413: "Request body larger than MAX_BODY_BYTES",
-    429: "Too many failed logins for this account (see Retry-After)",
+    429: "Logins from this address or for this account are in a throttle delay (see "
+         "Retry-After), or too many open connections from this address",
     500: "A bug (never the details)",
     503: "A service did not answer in time",
 }
@@ -29,7 +31,8 @@ ERROR_DESCRIPTIONS = {
 COURSE_ID = {
     "name": "course_id", "in": "path", "required": True,
     "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_ID},
-    "description": "Anything else (not a number, 0, out of range) is a 404.",
+    "description": "ASCII digits without a leading zero; anything else (not a number, 0, "
+                   "0001, other scripts' digits, out of range) is a 404.",
 }
 PAGE_PARAMETERS = [
     {"name": "page", "in": "query", "required": False,
@@ -67,7 +70,8 @@ def _json(schema):
 
 def _operation(summary, ok_status, ok_schema, errors, body=None, parameters=(), secured=False,
                ok_description="OK"):
-    errors = sorted(set(errors) | {405, 413, 500, 503})  # 413: any request with a large body
+    # 408/413: any request with a slow or large body; 429: too many connections from one address
+    errors = sorted(set(errors) | {405, 408, 413, 429, 500, 503})
     responses = {str(ok_status): {"description": ok_description, **_json(ok_schema)}}
     for status in errors:
         response = {"description": ERROR_DESCRIPTIONS[status], **_json("Error")}
@@ -130,7 +134,7 @@ def openapi_document():
     spec.path("/api/courses/{course_id}", operations={"get": _operation(
         "One course", 200, "Course", (404,), parameters=[COURSE_ID])})
     spec.path("/api/courses/{course_id}/enroll", operations={"post": _operation(
-        "Enroll the signed-in user", 201, "Enrollment", (401, 404, 409, 413),
+        "Enroll the signed-in user", 201, "Enrollment", (401, 403, 404, 409, 413),
         parameters=[COURSE_ID], secured=True, ok_description="Created")})
     spec.path("/api/courses/{course_id}/reviews", operations={
         "get": _operation("Reviews of a course, newest first", 200, "ReviewPage", (400, 404),

@@ -10,10 +10,65 @@ from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from services.kit.errors import ValidationError as InvalidInput
 from services.kit.schemas import DEFAULT_PER_PAGE, MAX_PER_PAGE, StrictSchema
 
 ROLES = ("student", "instructor")  # what anyone may register as; admins come from the CLI
 MAX_ID = 2 ** 31 - 1  # ids are 32-bit integers in every service's database
+
+NOT_UNICODE = "Not valid Unicode text (lone surrogate)."
+# Control characters (C0, DEL, C1): never in a name, a title or an email; a multi-line text may
+# have tabs and line breaks. They would reach mail headers, logs and other people's screens.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTERS_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+ASCII_INTEGER = re.compile(r"[1-9][0-9]*|0", re.ASCII)
+
+
+def check_unicode(value, path="_schema"):
+    """Raise our ValidationError naming the first string (key or value) of a parsed JSON body
+    that cannot be encoded as UTF-8: JSON's "\ud800" parses to a lone surrogate, which no
+    service could store or send on."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput("invalid input", {path: [NOT_UNICODE]}) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = key.encode("utf-8", "backslashreplace").decode("utf-8")
+            check_unicode(key, name)
+            check_unicode(item, name if path == "_schema" else f"{path}.{name}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_unicode(item, f"{path}.{index}")
+
+
+class Text(fields.String):
+    """A string without control characters; ``multiline=True`` allows tab, CR and LF."""
+
+    def __init__(self, *, multiline=False, **kwargs):
+        super().__init__(**kwargs)
+        self.forbidden = CONTROL_CHARACTERS_BUT_LINES if multiline else CONTROL_CHARACTERS
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if self.forbidden.search(text):
+            raise ValidationError("Must not contain control characters.")
+        return text
+
+
+class Email(Text, fields.Email):
+    pass
+
+
+class AsciiInteger(fields.Integer):
+    """An integer in a query string written in ASCII digits without leading zeros ("\u0661",
+    "0001" and "+1" are refused, where int() would take them)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and not ASCII_INTEGER.fullmatch(value):
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 def _datetime(**kwargs):
@@ -24,34 +79,34 @@ def _datetime(**kwargs):
 # -- requests --------------------------------------------------------------------------------
 
 class RegisterRequest(StrictSchema):
-    email = fields.Email(required=True, validate=validate.Length(max=254))
+    email = Email(required=True, validate=validate.Length(max=254))
     password = fields.String(required=True, validate=validate.Length(max=1024), metadata={
         "description": "At least 8 characters, not a commonly used password (NIST SP 800-63B);"
                        " enforced by the auth service: a 400 names `password` otherwise."})
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = Text(required=True, validate=validate.Length(min=1, max=100))
     role = fields.String(load_default="student", validate=validate.OneOf(ROLES))
 
 
 class LoginRequest(StrictSchema):
-    email = fields.String(required=True, validate=validate.Length(max=254))
+    email = Text(required=True, validate=validate.Length(max=254))
     password = fields.String(required=True, validate=validate.Length(max=1024))
 
 
 class CourseCreateRequest(StrictSchema):
-    title = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    description = fields.String(required=True, validate=validate.Length(max=20_000))
+    title = Text(required=True, validate=validate.Length(min=1, max=200))
+    description = Text(multiline=True, required=True, validate=validate.Length(max=20_000))
 
 
 class ReviewCreateRequest(StrictSchema):
     rating = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=5))
-    comment = fields.String(load_default=None, allow_none=True,
-                            validate=validate.Length(max=2000))
+    comment = Text(multiline=True, load_default=None, allow_none=True,
+                   validate=validate.Length(max=2000))
 
 
 class PageQuery(StrictSchema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    per_page = fields.Integer(load_default=DEFAULT_PER_PAGE,
-                              validate=validate.Range(min=1, max=MAX_PER_PAGE))
+    page = AsciiInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    per_page = AsciiInteger(load_default=DEFAULT_PER_PAGE,
+                            validate=validate.Range(min=1, max=MAX_PER_PAGE))
 
 
 class UtcQueryDateTime(fields.AwareDateTime):
@@ -79,11 +134,11 @@ class UtcQueryDateTime(fields.AwareDateTime):
 class EventQuery(PageQuery):
     """GET /api/events: filters of the analytics event log (all optional; their descriptions
     are in gateway/openapi.py, EVENT_PARAMETERS)."""
-    type = fields.String(validate=validate.Length(min=1, max=255))
+    type = Text(validate=validate.Length(min=1, max=255))
     since = UtcQueryDateTime()
     until = UtcQueryDateTime()
-    user_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
-    course_id = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+    user_id = AsciiInteger(validate=validate.Range(min=1, max=MAX_ID))
+    course_id = AsciiInteger(validate=validate.Range(min=1, max=MAX_ID))
 
     @validates_schema
     def until_not_before_since(self, data, **kwargs):
@@ -219,7 +274,8 @@ class AnalyticsSummarySchema(ResponseSchema):
 class ErrorSchema(ResponseSchema):
     error = fields.String(required=True, metadata={
         "description": "validation_error, bad_request, unauthorized, forbidden, not_found, "
-                       "method_not_allowed, conflict, payload_too_large, too_many_requests, "
+                       "method_not_allowed, request_timeout, conflict, payload_too_large, uri_too_long, "
+                       "too_many_requests, "
                        "service_unavailable or internal_error"})
     message = fields.String(required=True)
     fields_ = fields.Dict(data_key="fields", required=True, keys=fields.String(), metadata={

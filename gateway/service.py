@@ -14,17 +14,16 @@ from nameko.dependency_providers import Config
 from werkzeug.wrappers import Response
 
 from gateway import schemas
-from gateway.auth import TokenAuth
+from gateway.auth import KnownUsersCache, TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.live import LiveFeed, StreamBody, WebSocketStream
 from contracts.asyncapi import document as asyncapi_document
 from gateway.openapi import openapi_document
-from gateway.throttle import LoginThrottle
 from services.kit import metrics
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from services.kit.rpc import TimedRpcProxy
 
-ID = f"<int(min=1, max={schemas.MAX_ID}):course_id>"
+ID = "<id:course_id>"  # ASCII digits, no leading zero, at most schemas.MAX_ID (gateway/http.py)
 SERVICES = ("auth", "course", "review", "notification", "analytics")
 DEFAULT_HEALTH_TIMEOUT = 2.0
 
@@ -40,6 +39,7 @@ def _json_body(request):
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    schemas.check_unicode(body)  # 400 naming the field of a lone surrogate
     return body
 
 
@@ -85,7 +85,7 @@ class GatewayService:
     analytics = TimedRpcProxy("analytics")
 
     tokens = TokenAuth()
-    failed_logins = LoginThrottle()
+    known_users = KnownUsersCache()  # a token's user must exist (gateway/auth.py)
     config = Config()
     http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
     live = LiveFeed()  # every event, as it happens, for /api/events/stream and /api/events/ws
@@ -98,12 +98,16 @@ class GatewayService:
         user = self.auth.register(args["email"], args["password"], args["name"], args["role"])
         return json_response(schemas.UserSchema().dump(user), 201)
 
-    @http("POST", "/api/auth/login")
+    # at most LOGIN_MAX_CONCURRENT logins hold a worker at once (each waits on auth's argon2);
+    # more wait their turn outside the worker pool, so a burst leaves workers for other routes
+    @http("POST", "/api/auth/login", max_concurrent=("LOGIN_MAX_CONCURRENT", 4))
     def login(self, request):
         args = _load_body(request, schemas.LoginRequest)
-        with self.failed_logins.attempt(args["email"]):
-            user = self.auth.authenticate(args["email"], args["password"])
-        return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)))
+        # throttled by auth, by this client address and by account (services/auth/throttle.py)
+        user = self.auth.authenticate(args["email"], args["password"], self._client(request))
+        # a bearer token must not be kept by a browser's or a proxy's cache (RFC 6749, 5.1)
+        return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)),
+                             headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     @http("GET", "/api/users/me")
     def me(self, request):
@@ -116,7 +120,7 @@ class GatewayService:
 
     @http("GET", "/api/users/me/notifications")
     def my_notifications(self, request):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         page = _page_args(request)
         result = self.notification.list_notifications(principal.user_id, page["page"],
                                                       page["per_page"])
@@ -126,7 +130,7 @@ class GatewayService:
 
     @http("POST", "/api/courses")
     def create_course(self, request):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         if not principal.is_instructor:
             raise Forbidden("only instructors can create courses")
         args = _load_body(request, schemas.CourseCreateRequest)
@@ -146,13 +150,13 @@ class GatewayService:
 
     @http("POST", f"/api/courses/{ID}/enroll")
     def enroll(self, request, course_id):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         enrollment = self.course.enroll(principal.user_id, course_id)
         return json_response(schemas.EnrollmentSchema().dump(enrollment), 201)
 
     @http("POST", f"/api/courses/{ID}/reviews")
     def create_review(self, request, course_id):
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         args = _load_body(request, schemas.ReviewCreateRequest)
         review = self.review.create_review(principal.user_id, course_id, args["rating"],
                                            args["comment"])
@@ -162,6 +166,8 @@ class GatewayService:
     def list_reviews(self, request, course_id):
         page = _page_args(request)
         result = self.review.list_reviews(course_id, page["page"], page["per_page"])
+        if not result["total"]:
+            self.course.get_course(course_id)  # NotFound (404) when there is no such course
         return json_response(schemas.ReviewPageSchema().dump(result))
 
     # -- analytics and the live dashboard -----------------------------------------------------
@@ -169,7 +175,7 @@ class GatewayService:
     @http("GET", "/api/events")
     def list_events(self, request):
         """The event log (admins): filter by type, time, user, course; newest first."""
-        principal = self.tokens.principal(request)
+        principal = self._principal(request)
         if not principal.is_admin:
             raise Forbidden("only admins can read the event log")
         args = schemas.EventQuery().load_or_raise(request.args.to_dict(flat=True),
@@ -268,6 +274,21 @@ class GatewayService:
         body = {"status": "unavailable" if unavailable else "ok", "checks": checks,
                 "unavailable": unavailable}
         return json_response(schemas.HealthSchema().dump(body), 503 if unavailable else 200)
+
+    def _client(self, request):
+        """The client's address: the TCP peer, or behind TRUSTED_PROXY_HOPS reverse proxies
+        the address the outermost of them saw (X-Forwarded-For, counted from the right)."""
+        hops = int(self.config.get("TRUSTED_PROXY_HOPS", 0))
+        if hops > 0:
+            forwarded = [part.strip() for part in
+                         request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
+            if len(forwarded) >= hops:
+                return forwarded[-hops][:100]
+        return request.remote_addr
+
+    def _principal(self, request):
+        """Who ``request`` acts for: a valid token whose user exists (else 401)."""
+        return self.known_users.check(self.tokens.principal(request), self.auth.get_user)
 
     def _broker_state(self, timeout):
         try:

@@ -12,6 +12,7 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 DATABASE_BACKENDS = ("sqlite", "postgresql")
 # config.yml's routing contract: the suite's services declare every subscription up front
 ROUTING_CONTRACT = "contracts.subscriptions:SUBSCRIPTIONS"
+EVENT_OWNERS = "contracts.events:OWNERS"
 
 
 def _admin_connection():
@@ -83,7 +84,7 @@ def services_config(rabbit_config, make_service_database, database_backend):
                    for name in service_names}
         config = dict(rabbit_config, DB_URIS=db_uris, EVENT_RETRY_DELAYS=[0.2, 0.5],
                       OUTBOX_POLL_INTERVAL=0.5, RPC_TIMEOUT=10, HEARTBEAT=5,
-                      SUBSCRIPTIONS=ROUTING_CONTRACT)
+                      SUBSCRIPTIONS=ROUTING_CONTRACT, EVENT_OWNERS=EVENT_OWNERS)
         config.update(overrides)
         return config
 

@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, event, func, inspect, select
 from services.analytics.models import EventLog
 from services.kit import topology
 from services.kit.amqp import PublishFailed, event_message, make_connection
+from services.kit.trust import broker_user
 # HEADER_REPLAYED: the kit's consumers look such an event up in their inbox before the handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REPLAYED
 from services.kit.db import database_uri, normalize_url
@@ -115,11 +116,11 @@ def envelope(row):
             "version": row.version, "data": row.data}
 
 
-def replay_message(row, options, replayed_at):
+def replay_message(row, options, replayed_at, user_id=None):
     body = json.dumps(envelope(row), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     headers = {HEADER_REPLAYED: replayed_at, HEADER_ORIGINAL_ROUTING_KEY: row.routing_key}
     return event_message(body, row.event_id, row.event_type, row.source or "unknown",
-                         headers=headers, **options(row.event_type))
+                         headers=headers, user_id=user_id, **options(row.event_type))
 
 
 def check_destination(config, to_queue):
@@ -183,14 +184,16 @@ def _publish(config, connection, conditions, total, to_queue, destination, out,
 
     options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL, as the relay does
     replayed_at = datetime.now(timezone.utc).isoformat()
+    user = broker_user(config[AMQP_URI_CONFIG_KEY])  # the operator's (EVENT_OPERATORS)
     publisher = new_publisher(config)
     published = unroutable = 0
     try:
         with progress("replay", total) as bar:
             for rows in iter_events(connection, conditions, batch_size):
-                batch = [("", to_queue, replay_message(row, options, replayed_at)) if to_queue
+                batch = [("", to_queue, replay_message(row, options, replayed_at, user))
+                         if to_queue
                          else (EVENTS_EXCHANGE, row.routing_key,
-                               replay_message(row, options, replayed_at))
+                               replay_message(row, options, replayed_at, user))
                          for row in rows]
                 try:
                     unroutable += len(publisher.publish_batch(batch))  # all confirmed, or raises

@@ -40,24 +40,27 @@ def register(session, passwords, dispatch, email, password, name, role="student"
     return UserSchema().dump(user)
 
 
-def authenticate(session, passwords, email, password):
+def authenticate(session, passwords, throttle, email, password, client_address=None):
+    """The user, or Unauthorized; TooManyRequests before any password check while the client
+    address or the account is in a throttle delay (services/auth/throttle.py)."""
     try:
-        args = AuthenticateArgs().load_or_raise({"email": email, "password": password})
+        args = AuthenticateArgs().load_or_raise(
+            {"email": email, "password": password, "client_address": client_address})
     except ValidationError:  # not even an email and a password: just as unknown
         raise Unauthorized(BAD_CREDENTIALS) from None
-    user = session.execute(select(User).where(User.email == args["email"])).scalar_one_or_none()
-    password_hash, answer = (user.password_hash, UserSchema().dump(user)) if user else (None, None)
-    # The connection goes back to the pool before the slow hash: on SQLite it is the only one,
-    # and holding it would make every other request of the service wait for this hash.
-    session.rollback()
+    email, address = args["email"], args["client_address"]
+    throttle.admit(session, email, address)  # TooManyRequests: no argon2 for a refused attempt
+    user = session.execute(select(User).where(User.email == email)).scalar_one_or_none()
+    password_hash, user_id = (user.password_hash, user.id) if user else (None, None)
+    session.rollback()  # no transaction (nor SQLite's lock) held during argon2
     # Always one argon2 verification: against a dummy hash when there is no such user.
     if not passwords.verify(password_hash, args["password"]):
+        throttle.failed(session, email, address)
         raise Unauthorized(BAD_CREDENTIALS)
-    if passwords.needs_rehash(password_hash):  # cost parameters were raised since
-        new_hash = passwords.hash(args["password"])
-        session.execute(update(User).where(User.id == answer["id"],
-                                           User.password_hash == password_hash)
-                        .values(password_hash=new_hash))
+    throttle.succeeded(session, email, address)
+    user = session.get(User, user_id)
+    if passwords.needs_rehash(user.password_hash):  # cost parameters were raised since
+        user.password_hash = passwords.hash(args["password"])
         session.commit()
     return answer
 

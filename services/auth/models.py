@@ -1,7 +1,8 @@
-"""The auth service's tables: users (email normalized, unique) and its outbox."""
+"""The auth service's tables: users (email normalized, unique), login throttle counters and its
+outbox."""
 from datetime import datetime
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import DateTime, Double, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import OutboxEventMixin
@@ -27,3 +28,15 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LoginThrottleEntry(Base):
+    """A counter of recent failed logins (services/auth/throttle.py): per client address, per
+    account or per both, keyed by a hash of them. Epoch seconds, so every replica compares the
+    same numbers."""
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[float] = mapped_column(Double, index=True)
+    next_attempt_at: Mapped[float] = mapped_column(Double)

@@ -23,9 +23,10 @@ COMMON_PASSWORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 TIME_COST_CONFIG_KEY = "PASSWORD_HASH_TIME_COST"
 MEMORY_COST_CONFIG_KEY = "PASSWORD_HASH_MEMORY_COST"  # KiB
 PARALLELISM_CONFIG_KEY = "PASSWORD_HASH_PARALLELISM"
-# At most this many hashes run at once (default: one per CPU) and this many more wait for one
-# (default: twice that); a request beyond both is refused at once (503) rather than queued
-# until the gateway's RPC_TIMEOUT.
+# At most this many hashes run at once (default: one per PASSWORD_HASH_PARALLELISM CPUs, at
+# least one: a hash runs that many threads) and this many more wait for one (default: twice
+# that); a request beyond both is refused at once (503) rather than queued until the gateway's
+# RPC_TIMEOUT, and a burst of logins costs the service's CPU at most this many hashes.
 CONCURRENCY_CONFIG_KEY = "PASSWORD_HASH_CONCURRENCY"
 QUEUE_CONFIG_KEY = "PASSWORD_HASH_QUEUE"
 
@@ -91,10 +92,18 @@ class HashingSlots:
             self.admitted -= 1
 
 
+def default_concurrency(config):
+    """One hash per PASSWORD_HASH_PARALLELISM CPUs: a hash already runs that many threads."""
+    lanes = int(config.get(PARALLELISM_CONFIG_KEY) or argon2.PasswordHasher().parallelism)
+    return max(1, (os.cpu_count() or 1) // max(1, lanes))
+
+
 def hashing_slots(config):
-    """PASSWORD_HASH_CONCURRENCY (empty: one per CPU) and PASSWORD_HASH_QUEUE (empty: twice that)."""
+    """PASSWORD_HASH_CONCURRENCY (empty: default_concurrency) and PASSWORD_HASH_QUEUE (empty:
+    twice that)."""
     concurrency, queue = config.get(CONCURRENCY_CONFIG_KEY), config.get(QUEUE_CONFIG_KEY)
-    concurrency = os.cpu_count() or 1 if concurrency in (None, "") else int(concurrency)
+    concurrency = (default_concurrency(config) if concurrency in (None, "")
+                   else int(concurrency))
     return HashingSlots(concurrency, 2 * concurrency if queue in (None, "") else int(queue))
 
 
@@ -109,8 +118,13 @@ class Passwords:
 
     def __init__(self, hasher, slots=None):
         self.hasher = hasher
-        self.slots = slots or HashingSlots(os.cpu_count() or 1, 2 * (os.cpu_count() or 1))
+        self.slots = slots or hashing_slots({})
         self.dummy_hash = hasher.hash("not a real password: timing equalizer")
+        self.turns = Semaphore(max(1, int(concurrency)))
+
+    def _run(self, function, *args):
+        with self.turns:
+            return tpool.execute(function, *args)
 
     def hash(self, password):
         return self.slots.run(self.hasher.hash, normalize_password(password))

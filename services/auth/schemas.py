@@ -39,6 +39,9 @@ class RegisterArgs(StrictSchema):
 class AuthenticateArgs(StrictSchema):
     email = fields.String(required=True)
     password = fields.String(required=True)
+    # who is trying (the gateway passes the HTTP client's address); None: no per-address limit
+    client_address = fields.String(load_default=None, allow_none=True,
+                                   validate=validate.Length(max=100))
 
     @pre_load
     def normalize(self, data, **kwargs):

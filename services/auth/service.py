@@ -5,6 +5,7 @@ from nameko.rpc import rpc
 from services.auth import commands
 from services.auth.models import Base
 from services.auth.passwords import Passwords, hashing_slots, make_hasher
+from services.auth.throttle import LoginThrottle
 from services.kit import Database, EventDispatcher
 from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, Busy, ServiceUnavailable
@@ -22,12 +23,23 @@ class PasswordHashing(DependencyProvider):
         return self.passwords
 
 
+class Throttle(DependencyProvider):
+    """Login throttling (LOGIN_* settings), its state in this service's database."""
+
+    def setup(self):
+        self.throttle = LoginThrottle(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.throttle
+
+
 class AuthService:
     name = "auth"
 
     db = Database(Base)
     dispatch = EventDispatcher()
     passwords = PasswordHashing()
+    throttle = Throttle()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS + (Busy,))
     def register(self, email, password, name, role="student"):
@@ -35,8 +47,9 @@ class AuthService:
                                  email, password, name, role)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS + (Busy,))
-    def authenticate(self, email, password):
-        return commands.authenticate(self.db.session, self.passwords, email, password)
+    def authenticate(self, email, password, client_address=None):
+        return commands.authenticate(self.db.session, self.passwords, self.throttle, email,
+                                     password, client_address)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_user(self, user_id):

@@ -19,6 +19,10 @@ from services.kit.schemas import PageArgs, page_of
 log = logging.getLogger(__name__)
 
 ALREADY_ENROLLED = "already enrolled in this course"
+# An instructor teaches their course, they do not take it: an enrollment of their own would
+# count in its public enrollment figures and analytics, mail them a welcome to it, and open the
+# way to reviewing it.
+OWN_COURSE = "instructors cannot enroll in their own course"
 
 
 def validate_new_course(instructor_id, title, description):
@@ -61,6 +65,8 @@ def get_course(session, course_id):
 def enroll(session, dispatch, user_id, course_id):
     args = EnrollArgs().load_or_raise({"user_id": user_id, "course_id": course_id})
     course = find_course(session, args["course_id"])
+    if course.instructor_id == args["user_id"]:
+        raise Forbidden(OWN_COURSE)
     enrollment = Enrollment(user_id=args["user_id"], course=course)
     session.add(enrollment)
     try:

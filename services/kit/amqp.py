@@ -29,8 +29,10 @@ def make_connection(amqp_uri, heartbeat, ssl=None, connect_timeout=5):
 
 
 def event_message(body, event_id, event_type, source, headers=None, priority=None,
-                  expiration=None):
-    """An AMQP message carrying an event, with the properties docs/architecture.md lists."""
+                  expiration=None, user_id=None):
+    """An AMQP message carrying an event, with the properties docs/architecture.md lists;
+    ``user_id``: the publishing connection's broker user, which RabbitMQ checks
+    (services/kit/trust.py)."""
     properties = dict(
         content_type=CONTENT_TYPE,
         content_encoding=CONTENT_ENCODING,
@@ -45,6 +47,8 @@ def event_message(body, event_id, event_type, source, headers=None, priority=Non
         properties["priority"] = priority
     if expiration is not None:
         properties["expiration"] = str(expiration)
+    if user_id is not None:
+        properties["user_id"] = user_id
     return amqp.Message(body, **properties)
 
 

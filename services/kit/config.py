@@ -1,6 +1,10 @@
 """Load config.yml the way `nameko run` does: YAML with ${VAR:default} from the environment."""
+import os
+import sys
+
 import yaml
 from nameko.cli.main import setup_yaml_parser
+from nameko.exceptions import ConfigurationError
 
 DEFAULT_CONFIG_PATH = "config.yml"
 
@@ -9,3 +13,37 @@ def load_config(path=DEFAULT_CONFIG_PATH):
     setup_yaml_parser()  # registers nameko's !env_var resolver; idempotent
     with open(path) as config_file:
         return yaml.safe_load(config_file)
+
+
+def configured_object(config, key, default=None):
+    """``config[key]``, or the object it names when it is an import path "module:attribute":
+    how config.yml hands the kit the application's own tables (SUBSCRIPTIONS, EVENT_OWNERS)
+    without the kit importing the application."""
+    import importlib
+    value = (config or {}).get(key)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        module_name, _, attribute = value.partition(":")
+        return getattr(importlib.import_module(module_name), attribute or key)
+    return value
+
+
+def _under_nameko_run():
+    program = sys.argv[0] if sys.argv else ""
+    return ((os.path.basename(program) == "nameko" or program.endswith("nameko/__main__.py"))
+            and sys.argv[1:2] == ["run"])
+
+
+def refuse_to_start(message):
+    """Stop a service from starting over an unsafe or unknown setting.
+
+    ``nameko run`` prints a ConfigurationError raised while starting and then exits with status
+    0, after eventlet printed its traceback: a supervisor or ``docker compose`` would take that for
+    a clean stop. Under ``nameko run`` this raises SystemExit instead, which ends the process
+    with status 1 and this one line on stderr; anywhere else (tests, a ServiceRunner of one's
+    own) a ConfigurationError, for the caller to handle.
+    """
+    if _under_nameko_run():
+        raise SystemExit(f"Error: {message}")
+    raise ConfigurationError(message)

@@ -18,6 +18,7 @@ from services.kit.constants import (
     DEAD_LETTER_SUFFIX, HEADER_ATTEMPTS, HEADER_EXCEPTION,
     HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REASON,
 )
+from services.kit.trust import broker_user, republished
 
 # Parked copies carry these; a requeued message starts afresh without them.
 FAILURE_HEADERS = (HEADER_ATTEMPTS, HEADER_REASON, HEADER_EXCEPTION, HEADER_FAILED_AT,
@@ -142,16 +143,19 @@ class DeadLetters:
         publisher = new_publisher(self.config)
         try:
             return sum(move_messages(self.connection.connection, queue, publisher,
-                                     self._requeued(queue, event_ids), progress,
+                                     self._requeued(queue, event_ids,
+                                                    broker_user(self.config["AMQP_URI"])),
+                                     progress,
                                      selective=bool(event_ids))
                        for queue in self.queues(queues))
         finally:
             publisher.close()
 
     @staticmethod
-    def _requeued(queue, event_ids):
+    def _requeued(queue, event_ids, own_user):
         """moves.move_messages' route: a parked message, without its failure headers, to the
-        queue it was parked from (the default exchange routes by queue name)."""
+        queue it was parked from (the default exchange routes by queue name), as ``own_user``'s
+        copy (trust.republished)."""
         def route(raw):
             message = ParkedMessage.from_amqp(queue, raw)
             if event_ids and message.event_id not in event_ids:
@@ -160,6 +164,7 @@ class DeadLetters:
                        if key not in FAILURE_HEADERS}
             properties = {key: value for key, value in message.properties.items()
                           if key != "application_headers"}
+            properties, headers = republished(properties, headers, own_user)
             return "", message.origin_queue, amqp.Message(message.body,
                                                           application_headers=headers,
                                                           **properties)

@@ -7,6 +7,8 @@ service) gets an instance of the same class back, because each is registered wit
     raise ValidationError("invalid input", {"email": ["Not a valid email address."]})
     raise NotFound("course 7 does not exist")
 """
+import math
+
 from nameko.exceptions import deserialize_to_instance
 
 
@@ -50,6 +52,19 @@ class Unauthorized(ServiceError):
 
 
 @deserialize_to_instance
+class TooManyRequests(ServiceError):
+    """Refused for now (login throttle); ``retry_after``: whole seconds until it may be tried."""
+    code = "too_many_requests"
+
+    def __init__(self, message="", retry_after=1):
+        retry_after = max(1, math.ceil(float(retry_after)))  # nameko sends args as strings
+        Exception.__init__(self, message, retry_after)  # the args nameko sends across RPC
+        self.message = message
+        self.fields = {}
+        self.retry_after = retry_after
+
+
+@deserialize_to_instance
 class ServiceUnavailable(ServiceError):
     """A service (or its database, or the broker) did not answer in time."""
     code = "service_unavailable"
@@ -62,4 +77,4 @@ class Busy(ServiceUnavailable):
 
 
 # Raised by entrypoints as expected outcomes: nameko logs them as warnings, not errors.
-EXPECTED_ERRORS = (ValidationError, NotFound, Conflict, Forbidden, Unauthorized)
+EXPECTED_ERRORS = (ValidationError, NotFound, Conflict, Forbidden, Unauthorized, TooManyRequests)

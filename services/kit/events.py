@@ -65,6 +65,7 @@ from services.kit.constants import (
 from services.kit.db import Database, utcnow
 from services.kit.envelope import InvalidEvent, new_event, parse_event
 from services.kit.retention import RetentionSweeper, may_have_forgotten
+from services.kit.trust import PublisherCheck, UntrustedPublisher, broker_user, republished
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class OutboxRelay(BackgroundLoop, SharedExtension):
                                               DEFAULT_OUTBOX_POLL_INTERVAL))
         self.batch_size = int(config.get(OUTBOX_BATCH_SIZE_CONFIG_KEY, DEFAULT_OUTBOX_BATCH_SIZE))
         self.message_options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL
+        self.broker_user = broker_user(config[AMQP_URI_CONFIG_KEY])  # each event's user_id
         self.publisher = new_publisher(config)
 
     def stop(self):
@@ -199,7 +201,7 @@ class OutboxRelay(BackgroundLoop, SharedExtension):
         return [(EVENTS_EXCHANGE, row.event_type,
                  event_message(row.body.encode("utf-8"), row.event_id, row.event_type,
                                self.container.service_name, headers=json.loads(row.headers),
-                               **self.message_options(row.event_type)))
+                               user_id=self.broker_user, **self.message_options(row.event_type)))
                 for row in rows]
 
     def _mark_sent_when_confirmed(self, rows, ticket):
@@ -282,6 +284,7 @@ class FailureRouter(SharedExtension):
 
     def setup(self):
         self.publisher = new_publisher(self.container.config)
+        self.publishers = PublisherCheck(self.container.config)  # services/kit/trust.py
 
     def stop(self):
         if self.publisher is not None:
@@ -290,10 +293,12 @@ class FailureRouter(SharedExtension):
     kill = stop
 
     def forward(self, message, exchange, routing_key, extra_headers):
-        properties = {key: message.properties[key] for key in KEPT_PROPERTIES
+        properties = {key: message.properties[key] for key in KEPT_PROPERTIES + ("user_id",)
                       if message.properties.get(key) is not None}
         headers = dict(message.headers or {})
         headers.update(extra_headers)
+        # published as our own broker user; who published the event goes along in a header
+        properties, headers = republished(properties, headers, self.publishers.own_user)
         copy = amqp.Message(message.body, delivery_mode=2, application_headers=headers,
                             **properties)
         with self._lock:
@@ -395,6 +400,14 @@ class EventHandler(nameko_events.EventHandler):
         except InvalidEvent as exc:
             log.warning("not an event on %s: %s; parked in its DLQ", self.queue_name, exc)
             self._park(message, reason=str(exc), exception="InvalidEvent", attempts=0)
+            return None
+        try:
+            self.failure_router.publishers.check(event.event_type, properties,
+                                                 message.headers or {})
+        except UntrustedPublisher as exc:
+            log.warning("untrusted event %s on %s: %s; parked in its DLQ", event.event_id,
+                        self.queue_name, exc)
+            self._park(message, reason=str(exc), exception="UntrustedPublisher", attempts=0)
             return None
         if self._may_be_duplicate(message) and self._already_processed(event):
             self._skip_duplicate(message, event)

@@ -14,6 +14,7 @@ import logging
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 
 from services.kit.amqp import event_message, make_connection
+from services.kit.trust import broker_user
 from services.kit.constants import DEFAULT_HEARTBEAT, EVENTS_EXCHANGE
 from services.kit.envelope import new_event
 from services.kit.events import new_publisher
@@ -40,7 +41,9 @@ def publish_event(config, event_type, data, source="shell"):
     try:
         unroutable = publisher.publish_batch([(EVENTS_EXCHANGE, event.event_type,
                                                event_message(event.to_json(), event.event_id,
-                                                             event.event_type, source))])
+                                                             event.event_type, source,
+                                                             user_id=broker_user(
+                                                                 config["AMQP_URI"])))])
     finally:
         publisher.close()
     if unroutable:

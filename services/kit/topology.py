@@ -17,12 +17,12 @@ events published before its first start are lost to it.
     a failed message  --> [<queue>.retry.<ms>ms] --(TTL expires)--> back to [<queue>]
     after the last try --> knowledge_nest_events.dlx (direct) --<queue>--> [<queue>.dlq]
 """
-import importlib
 import time
 
 import amqp
 from kombu import Exchange, Queue, binding
 
+from services.kit.config import configured_object
 from services.kit.constants import (
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_QUEUE_TYPE, DEFAULT_RETRY_DELAYS,
     EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE,
@@ -30,6 +30,7 @@ from services.kit.constants import (
     RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS_CONFIG_KEY,
 )
 from services.kit.moves import message_body, move_messages, no_progress
+from services.kit.trust import broker_user, republished
 
 MIGRATE_COMMAND = "knowledge-nest migrate-queues"
 DECLARE_ATTEMPTS = 5
@@ -48,10 +49,7 @@ class QueueArgumentsMismatch(RuntimeError):
 
 def configured_subscriptions(config):
     """{queue: binding keys} of config's SUBSCRIPTIONS and EXTRA_SUBSCRIPTIONS (see the top)."""
-    declared = (config or {}).get(SUBSCRIPTIONS_CONFIG_KEY) or {}
-    if isinstance(declared, str):  # "module:attribute"
-        module_name, _, attribute = declared.partition(":")
-        declared = getattr(importlib.import_module(module_name), attribute or "SUBSCRIPTIONS")
+    declared = configured_object(config, SUBSCRIPTIONS_CONFIG_KEY, {})
     wanted = {name: tuple(keys) for name, keys in dict(declared).items()}
     wanted.update({name: tuple(keys) for name, keys
                    in ((config or {}).get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {}).items()})
@@ -239,10 +237,15 @@ def _queue_matches(connection, queue):
             channel.close()
 
 
-def _moved_unchanged(destination):
-    """moves.move_messages' route: each message as it is, to ``destination``."""
+def _moved_unchanged(destination, own_user):
+    """moves.move_messages' route: each message as it is, to ``destination``, as ``own_user``'s
+    (RabbitMQ takes only the connection's own user as ``user_id``: trust.republished)."""
     def route(message):
-        return "", destination, amqp.Message(message_body(message), **dict(message.properties))
+        properties = dict(message.properties)
+        headers = properties.pop("application_headers", None) or {}
+        properties, headers = republished(properties, headers, own_user)
+        return "", destination, amqp.Message(message_body(message),
+                                             application_headers=headers, **properties)
     return route
 
 
@@ -284,13 +287,15 @@ def migrate_queue(connection, queue_name, binding_keys, config, publisher,
         if old_exists and not _queue_matches(connection, wanted):
             for key in binding_keys:
                 channel.queue_unbind(queue_name, EVENTS_EXCHANGE, routing_key=key)
-            move_messages(connection, queue_name, publisher, _moved_unchanged(holding_name),
+            move_messages(connection, queue_name, publisher,
+                          _moved_unchanged(holding_name, broker_user(config["AMQP_URI"])),
                           progress, label=f"{queue_name} -> .migrating")
             channel.queue_delete(queue_name)
         wanted(channel).declare()  # with its bindings
         for key in binding_keys:
             channel.queue_unbind(holding_name, EVENTS_EXCHANGE, routing_key=key)
-        moved += move_messages(connection, holding_name, publisher, _moved_unchanged(queue_name),
+        moved += move_messages(connection, holding_name, publisher,
+                               _moved_unchanged(queue_name, broker_user(config["AMQP_URI"])),
                                progress, label=f"{queue_name} <- .migrating")
         channel.queue_delete(holding_name, if_empty=True)
         return moved

@@ -25,8 +25,11 @@ def validate_new_review(user_id, course_id, rating, comment):
 
 def check_may_review(course_service, args):
     """Ask the course service (before any database work): NotFound if there is no such course,
-    Forbidden unless the user is enrolled in it."""
-    course_service.get_course(args["course_id"])  # raises NotFound
+    Forbidden for its own instructor (a rating of one's own course is no review) and unless the
+    user is enrolled in it."""
+    course = course_service.get_course(args["course_id"])  # raises NotFound
+    if course["instructor_id"] == args["user_id"]:
+        raise Forbidden("instructors cannot review their own course")
     if not course_service.is_enrolled(args["user_id"], args["course_id"]):
         raise Forbidden("only students enrolled in this course can review it")
 

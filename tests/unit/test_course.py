@@ -115,6 +115,15 @@ def test_enroll_once(service):
     assert service.get_course(course["id"])["enrollment_count"] == 1
 
 
+def test_instructors_cannot_enroll_in_their_own_course(service):
+    course = make_course(service)
+    service.dispatch.reset_mock()
+    with pytest.raises(Forbidden, match="own course"):
+        service.enroll(7, course["id"])
+    service.dispatch.assert_not_called()
+    assert service.get_course(course["id"])["enrollment_count"] == 0
+
+
 def test_enroll_in_an_unknown_course(service):
     with pytest.raises(NotFound):
         service.enroll(8, 4242)

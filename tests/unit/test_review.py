@@ -22,10 +22,13 @@ def session():
         yield session
 
 
+INSTRUCTOR_ID = 40
+
+
 def get_course(course_id):
     if course_id != COURSE_ID:
         raise NotFound(f"course {course_id} does not exist")
-    return {"id": COURSE_ID, "title": "Python Fundamentals"}
+    return {"id": COURSE_ID, "title": "Python Fundamentals", "instructor_id": INSTRUCTOR_ID}
 
 
 @pytest.fixture
@@ -60,6 +63,16 @@ def test_one_review_per_user_and_course(service):
         service.create_review(8, COURSE_ID, 2, "changed my mind")
     assert service.dispatch.call_count == 1
     assert service.list_reviews(COURSE_ID)["total"] == 1
+
+
+def test_instructors_cannot_review_their_own_course(service):
+    ENROLLED.add((INSTRUCTOR_ID, COURSE_ID))  # even if enrolled before that was refused
+    try:
+        with pytest.raises(Forbidden, match="own course"):
+            service.create_review(INSTRUCTOR_ID, COURSE_ID, 5)
+    finally:
+        ENROLLED.discard((INSTRUCTOR_ID, COURSE_ID))
+    service.dispatch.assert_not_called()
 
 
 def test_not_enrolled_is_forbidden(service):
