@@ -1,7 +1,7 @@
 """auth's business rules, as plain functions of a SQLAlchemy session (the service wires them)."""
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from contracts import USER_REGISTERED
@@ -62,7 +62,7 @@ def authenticate(session, passwords, throttle, email, password, client_address=N
     if passwords.needs_rehash(user.password_hash):  # cost parameters were raised since
         user.password_hash = passwords.hash(args["password"])
         session.commit()
-    return answer
+    return UserSchema().dump(user)
 
 
 def get_user(session, user_id):

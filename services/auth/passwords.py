@@ -120,11 +120,6 @@ class Passwords:
         self.hasher = hasher
         self.slots = slots or hashing_slots({})
         self.dummy_hash = hasher.hash("not a real password: timing equalizer")
-        self.turns = Semaphore(max(1, int(concurrency)))
-
-    def _run(self, function, *args):
-        with self.turns:
-            return tpool.execute(function, *args)
 
     def hash(self, password):
         return self.slots.run(self.hasher.hash, normalize_password(password))

@@ -30,10 +30,11 @@ def test_thirty_unknown_email_logins_at_once(start_suite):
         timings.append(elapsed)
         eventlet.sleep(0.05)
     statuses = [thread.wait()[0] for thread in burst]
-    # LOGIN_MAX_CONCURRENT (4) are checked at a time; the others are told to come back
-    assert set(statuses) <= {401, 429} and statuses.count(401) >= 4, statuses
+    # LOGIN_MAX_CONCURRENT (4) per gateway reach auth at a time, and auth hashes only what its
+    # PASSWORD_HASH_CONCURRENCY/QUEUE hold: the others are told to come back (429 or 503)
+    assert set(statuses) <= {401, 429, 503} and statuses.count(401) >= 3, statuses
     assert timings and max(timings) < 2.0, timings
     print(f"\nlogin burst: 30 unknown-email logins ({statuses.count(401)} x 401, "
-          f"{statuses.count(429)} x 429) in {time.monotonic() - started:.1f} s; "
+          f"{statuses.count(429)} x 429, {statuses.count(503)} x 503) in {time.monotonic() - started:.1f} s; "
           f"GET /api/courses meanwhile: {len(timings)} requests, slowest "
           f"{max(timings) * 1000:.0f} ms")

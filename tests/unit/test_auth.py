@@ -211,13 +211,14 @@ def test_a_burst_beyond_the_hashing_slots_is_refused_at_once_not_queued():
     assert passwords.verify(passwords.hash("another fine passphrase"), "another fine passphrase")
 
 
-def test_hashing_slots_default_to_the_cpus_with_twice_as_many_waiting():
+def test_hashing_slots_default_to_the_cpus_per_hash_with_twice_as_many_waiting():
     import os
 
     from services.auth.passwords import hashing_slots
 
-    slots = hashing_slots({})
-    assert slots.capacity == 3 * (os.cpu_count() or 1)
+    # one hash per PASSWORD_HASH_PARALLELISM (4 lanes) CPUs, at least one
+    assert hashing_slots({}).capacity == 3 * max(1, (os.cpu_count() or 1) // 4)
+    assert hashing_slots({"PASSWORD_HASH_PARALLELISM": 1}).capacity == 3 * (os.cpu_count() or 1)
     assert hashing_slots({"PASSWORD_HASH_CONCURRENCY": 2, "PASSWORD_HASH_QUEUE": 0}).capacity == 2
     with pytest.raises(ValueError):
         hashing_slots({"PASSWORD_HASH_CONCURRENCY": 0})
