@@ -20,6 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from services.kit.errors import (Conflict, Forbidden, NotFound, ServiceError, ServiceUnavailable,
                                  Unauthorized, ValidationError)
+from services.kit.rpc import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,16 @@ ERROR_TABLE = (
     # The target service is not running at all (nameko: no queue bound for it).
     (UnknownService, 503, "service_unavailable",
      "a service did not answer in time; try again later"),
+    # The broker failed under the request (refused, reset, channel closed, nack): a node
+    # restarting or failing over. TimedRpcProxy turns these into ServiceUnavailable; this row
+    # catches them anywhere else.
+    (BROKER_ERRORS, 503, "service_unavailable",
+     "the message broker is unavailable; try again later"),
 )
+
+# Seconds a client is told to wait after a 503: a broker node fails over in about a second,
+# a restarting one takes several.
+RETRY_AFTER_SECONDS = 2
 
 INTERNAL_ERROR = (500, "internal_error", "internal error")
 
@@ -102,6 +112,8 @@ def response_for_exception(exc):
     headers = {}
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, exc.retry_after))
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if isinstance(exc, http_exceptions.MethodNotAllowed) and exc.valid_methods:
         headers["Allow"] = ", ".join(exc.valid_methods)
     return json_response(error_body(code, message, fields), status, headers)

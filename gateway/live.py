@@ -26,6 +26,7 @@ from kombu import Connection, Queue
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider, SharedExtension
 
+from services.kit.amqp import connect_retries
 from services.kit.envelope import InvalidEvent, parse_event
 from services.kit.errors import ServiceUnavailable
 from services.kit.topology import events_exchange
@@ -188,9 +189,10 @@ class LiveEvents(SharedExtension):
         queue_name, first_attempt = self.queue_name, self.first_attempt
         while self._running and not self._unwatched(queue_name):
             try:
-                # max_retries 0: a failed attempt raises at once; this loop tries again
+                # each broker node tried once, then a failed attempt raises; this loop tries again
                 with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30, connect_timeout=5,
-                                transport_options={"max_retries": 0, "client_properties": {
+                                transport_options={"max_retries": connect_retries(
+                                    self.amqp_uri), "client_properties": {
                                     "connection_name": queue_name}}) as connection:
                     queue = Queue(queue_name, exchange=events_exchange(), routing_key="#",
                                   exclusive=True, auto_delete=True, durable=False,

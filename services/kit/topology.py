@@ -131,13 +131,26 @@ def consumer_queue_arguments(queue_name, config=None):
         "x-dead-letter-routing-key": queue_name,
     }
     if queue_type(config) == "quorum":
-        # Quorum queues (RabbitMQ 3.10) have no x-max-priority. Their dead-lettering is
-        # at-most-once unless at-least-once, which needs reject-publish overflow.
-        arguments.update({"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once",
-                          "x-overflow": "reject-publish"})
+        # Quorum queues (RabbitMQ 3.10) have no x-max-priority.
+        arguments.update(quorum_dead_letter_arguments())
     elif event_priorities(config):
         arguments["x-max-priority"] = MAX_PRIORITY
     return arguments
+
+
+def replicated_arguments(config):
+    """The queue arguments that make a queue of ours replicated when QUEUE_TYPE is quorum:
+    every queue the suite consumes from must be, nameko's RPC queues too (services/kit/rpc.py).
+    A classic queue lives on one node: while that node is down it cannot be consumed, and a
+    copy of an event routed to it is dropped although the publisher gets its confirm."""
+    return {"x-queue-type": "quorum"} if queue_type(config) == "quorum" else {}
+
+
+def quorum_dead_letter_arguments():
+    # A quorum queue dead-letters at most once unless at-least-once, which needs
+    # reject-publish overflow.
+    return {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish"}
 
 
 def consumer_queue(queue_name, binding_keys, config=None):
@@ -151,30 +164,40 @@ def consumer_queue(queue_name, binding_keys, config=None):
     )
 
 
-def dead_letter_queue(queue_name):
+def dead_letter_queue(queue_name, config=None):
     return Queue(dead_letter_queue_name(queue_name), exchange=dead_letter_exchange(),
-                 routing_key=queue_name, durable=True)
+                 routing_key=queue_name, durable=True,
+                 queue_arguments=replicated_arguments(config) or None)
 
 
-def retry_queue(queue_name, delay):
+def retry_queue(queue_name, delay, config=None):
     """Holds a failed message for ``delay`` seconds, then dead-letters it back to its queue."""
-    return Queue(
-        retry_queue_name(queue_name, delay),
-        durable=True,
-        queue_arguments={
-            "x-message-ttl": int(delay * 1000),
-            "x-dead-letter-exchange": "",  # the default exchange routes by queue name
-            "x-dead-letter-routing-key": queue_name,
-        },
-    )
+    arguments = {
+        "x-message-ttl": int(delay * 1000),  # quorum queues have message TTLs since 3.10
+        "x-dead-letter-exchange": "",  # the default exchange routes by queue name
+        "x-dead-letter-routing-key": queue_name,
+    }
+    if queue_type(config) == "quorum":
+        arguments.update(quorum_dead_letter_arguments())
+    return Queue(retry_queue_name(queue_name, delay), durable=True, queue_arguments=arguments)
 
 
 def subscription_entities(queue_name, binding_keys, config):
     """Everything one subscription needs on the broker, in declaration order."""
-    yield dead_letter_queue(queue_name)
+    yield dead_letter_queue(queue_name, config)
     for delay in retry_delays(config):
-        yield retry_queue(queue_name, delay)
+        yield retry_queue(queue_name, delay, config)
     yield consumer_queue(queue_name, binding_keys, config)
+
+
+def entity_bindings(queue):
+    """(exchange, routing key) of each binding of a queue made here; [] for a retry queue
+    (the default exchange routes to it by name)."""
+    if queue.bindings:
+        return [(bound.exchange.name, bound.routing_key) for bound in queue.bindings]
+    if queue.exchange is not None and queue.exchange.name:
+        return [(queue.exchange.name, queue.routing_key)]
+    return []
 
 
 def declare_topology(connection, config, subscriptions=None):
@@ -249,8 +272,9 @@ def _move_messages(channel, source, destination):
         moved += 1
 
 
-def migrate_queue(connection, queue_name, binding_keys, config):
-    """Recreate one subscription's queue with the configured arguments, keeping its messages.
+def migrate_queue(connection, wanted):
+    """Recreate the queue ``wanted`` (a kombu Queue made here) with its configured arguments,
+    keeping its messages.
 
     Returns None when it already matches, else the number of messages carried over. Its
     consumers must be stopped. Shovel-free: the messages are parked in ``<queue>.migrating``
@@ -258,7 +282,8 @@ def migrate_queue(connection, queue_name, binding_keys, config):
     each one confirmed there before it is acked, and moved back the same way. Run again after
     an interruption: a leftover ``.migrating`` queue is emptied into the new queue.
     """
-    wanted = consumer_queue(queue_name, binding_keys, config)
+    queue_name = wanted.name
+    bindings = entity_bindings(wanted)
     holding_name = queue_name + ".migrating"
     holding_exists = True
     probe = connection.channel()
@@ -274,9 +299,13 @@ def migrate_queue(connection, queue_name, binding_keys, config):
     channel = connection.channel()
     try:
         channel.confirm_select()
-        channel.queue_declare(holding_name, durable=True, auto_delete=False)
-        for key in binding_keys:
-            channel.queue_bind(holding_name, EVENTS_EXCHANGE, routing_key=key)
+        # the holding queue is of the wanted type: on a cluster it must not live on one node
+        channel.queue_declare(holding_name, durable=True, auto_delete=False,
+                              arguments={key: value for key, value in
+                                         (wanted.queue_arguments or {}).items()
+                                         if key == "x-queue-type"})
+        for exchange, key in bindings:
+            channel.queue_bind(holding_name, exchange, routing_key=key)
         moved = 0
         try:
             channel.queue_declare(queue_name, passive=True)
@@ -286,13 +315,13 @@ def migrate_queue(connection, queue_name, binding_keys, config):
             channel = connection.channel()
             channel.confirm_select()
         if old_exists and not _queue_matches(connection, wanted):
-            for key in binding_keys:
-                channel.queue_unbind(queue_name, EVENTS_EXCHANGE, routing_key=key)
+            for exchange, key in bindings:
+                channel.queue_unbind(queue_name, exchange, routing_key=key)
             _move_messages(channel, queue_name, holding_name)
             channel.queue_delete(queue_name)
         wanted(channel).declare()  # with its bindings
-        for key in binding_keys:
-            channel.queue_unbind(holding_name, EVENTS_EXCHANGE, routing_key=key)
+        for exchange, key in bindings:
+            channel.queue_unbind(holding_name, exchange, routing_key=key)
         moved += _move_messages(channel, holding_name, queue_name)
         channel.queue_delete(holding_name, if_empty=True)
         return moved
@@ -302,6 +331,8 @@ def migrate_queue(connection, queue_name, binding_keys, config):
 
 
 def migrate_queues(connection, config, subscriptions):
-    """migrate_queue() for each subscription; yields (queue_name, None or messages moved)."""
+    """migrate_queue() for every queue of each subscription (its DLQ, its retry queues, its
+    consumer queue); yields (queue_name, None or messages moved)."""
     for queue_name, binding_keys in subscriptions.items():
-        yield queue_name, migrate_queue(connection, queue_name, tuple(binding_keys), config)
+        for entity in subscription_entities(queue_name, tuple(binding_keys), config):
+            yield entity.name, migrate_queue(connection, entity)
