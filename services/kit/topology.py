@@ -319,11 +319,19 @@ def migrate_queue(connection, wanted):
                 channel.queue_unbind(queue_name, exchange, routing_key=key)
             _move_messages(channel, queue_name, holding_name)
             channel.queue_delete(queue_name)
+            # A new channel for the new queue: RabbitMQ 3.10's channel keeps the deleted
+            # queue's type and crashes (541) publishing to a classic queue recreated as quorum.
+            channel.close()
+            channel = connection.channel()
+            channel.confirm_select()
         wanted(channel).declare()  # with its bindings
         for exchange, key in bindings:
             channel.queue_unbind(holding_name, exchange, routing_key=key)
         moved += _move_messages(channel, holding_name, queue_name)
-        channel.queue_delete(holding_name, if_empty=True)
+        # unbound and drained; quorum queues have no if-empty delete, so check first
+        _, left, _ = channel.queue_declare(holding_name, passive=True)
+        if not left:
+            channel.queue_delete(holding_name)
         return moved
     finally:
         if channel.is_open:

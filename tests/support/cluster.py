@@ -36,6 +36,8 @@ import urllib.request
 
 from tests.support import processes
 
+eventlet_spawn = processes.eventlet.spawn  # rabbitmqctl calls wait cooperatively
+
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"
 SIZE = 3
 # the first cluster's ports; another cluster on the same machine shifts every one by 10 (by 1
@@ -81,6 +83,7 @@ class Node:
         self.dir = os.path.join(cluster.base_dir, f"kn{index}")
         self.mnesia_base = os.path.join(self.dir, "mnesia")
         self.pid_file = os.path.join(self.dir, "rabbitmq.pid")
+        self.app_stopped = False
 
     def __repr__(self):
         return f"<Node {self.name} amqp={self.amqp_port}>"
@@ -192,10 +195,13 @@ class Node:
             os.kill(pid, signal.SIGKILL)
 
     def stop_app(self):
+        """Stop RabbitMQ on this node, its Erlang VM staying up (``rabbitmqctl stop_app``)."""
+        self.app_stopped = True
         self.ctl("stop_app")
 
     def start_app(self):
         self.ctl("start_app")
+        self.app_stopped = False
 
     def management(self, method, path, body=None, timeout=10):
         """A call to this node's management API as guest; the decoded JSON answer (or None)."""
@@ -286,12 +292,19 @@ class Cluster:
         return self
 
     def stop(self, remove=True):
-        """Stop every node (the last first), then the cluster's epmd; remove the directory."""
-        for node in reversed(self.nodes):
-            try:
+        """Stop every node, then the cluster's epmd; with ``remove``, delete the directory.
+
+        Kept (``make cluster-stop`` keeps nothing either, but could): the last node first, so
+        that the one that stopped last starts first. Removed: all at once (~12 s, not ~40).
+        """
+        running = [node for node in reversed(self.nodes) if node.running()]
+        if remove:
+            stopping = [eventlet_spawn(node.stop) for node in running]
+            for thread in stopping:
+                thread.wait()
+        else:
+            for node in running:
                 node.stop()
-            except Exception as exc:  # the others must still be stopped
-                print(f"stopping {node.name}: {exc}", file=sys.stderr)
         self._stop_epmd()
         if remove:
             shutil.rmtree(self.base_dir, ignore_errors=True)
