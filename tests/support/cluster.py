@@ -341,7 +341,7 @@ class Cluster:
         found = {}
         for queue in self.live_node().management(
                 "GET", f"queues/{urllib.parse.quote(vhost, safe='')}"):
-            found[queue["name"]] = {"type": queue.get("type"), "leader": queue.get("node"),
+            found[queue["name"]] = {"type": queue.get("type"), "leader": queue.get("leader") or queue.get("node"),
                                     "members": queue.get("members") or [],
                                     "messages": queue.get("messages")}
         return found
