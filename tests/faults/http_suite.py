@@ -116,12 +116,15 @@ class HttpSuite:
         return "".join(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
                        for path in sorted(self.tmp_path.glob("*.log")))
 
+    def check_alive(self):
+        """Fails at once if a process exited that the test did not kill."""
+        for label, process in self.processes.items():
+            if process.poll() is not None and label not in self.killed:
+                raise AssertionError(f"{label} exited ({process.returncode}):\n{self.logs()}")
+
     def wait_healthy(self, timeout=120):
         def healthy():
-            for label, process in self.processes.items():
-                if process.poll() is not None and label not in self.killed:
-                    raise AssertionError(f"{label} exited ({process.returncode}):\n"
-                                         f"{self.logs()}")
+            self.check_alive()
             try:
                 return requests.get(self.base + "/health", timeout=5).status_code == 200
             except requests.RequestException:
@@ -139,6 +142,7 @@ class HttpSuite:
         give_up = time.monotonic() + deadline
         headers = {"Authorization": f"Bearer {self.token(user)}"}
         while time.monotonic() < give_up:
+            self.check_alive()
             self.attempted += 1
             try:
                 response = requests.post(f"{self.base}/api/courses/1/enroll", headers=headers,
@@ -249,13 +253,3 @@ def check_http_row(name, description, row):
     assert not unexpected, unexpected  # only 201/409 or 503 (with Retry-After)
     assert not not_enrolled, not_enrolled  # every 201 is an enrollment
     return check_and_record(name, description, row)
-
-
-def leader_of(cluster, vhost, queue):
-    """The node of ``queue``'s leader (the management API knows it a moment after it is
-    declared or elected)."""
-    names = {node.name for node in cluster.nodes}
-    leader = wait_until(lambda: (cluster.queues(vhost).get(queue) or {}).get("leader") in names
-                        and cluster.queues(vhost)[queue]["leader"], timeout=30,
-                        message=f"the leader of {queue} known")
-    return cluster.node(leader)

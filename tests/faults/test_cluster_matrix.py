@@ -9,7 +9,7 @@ import time
 import eventlet
 import pytest
 
-from tests.faults.http_suite import MODULES, HttpSuite, check_http_row, leader_of
+from tests.faults.http_suite import MODULES, HttpSuite, check_http_row
 from tests.support.broker import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.cluster]
@@ -82,7 +82,7 @@ def test_h2_quorum_leader_node_killed_during_writes_and_during_a_backlog(http_su
     suite.write_all(range(1, 21))
 
     # 1. the leader of the consumer queue's node dies amid a stream of writes
-    first = leader_of(cluster, cluster_vhost.name, ENROLLED_QUEUE)
+    first = cluster.leader(cluster_vhost.name, ENROLLED_QUEUE)
     fault_at = time.monotonic()
     first.kill()
     suite.write_all(range(21, 41))
@@ -100,12 +100,12 @@ def test_h2_quorum_leader_node_killed_during_writes_and_during_a_backlog(http_su
     suite.write_all(range(61, 161), pause=0.01)
     wait_until(lambda: len(suite.accepted_events()) == 160 and suite.measure()[
         "events_published"] == 160, timeout=60, message="the backlog published")
-    second = leader_of(cluster, cluster_vhost.name, ENROLLED_QUEUE)
+    second = cluster.leader(cluster_vhost.name, ENROLLED_QUEUE)
     suite.signal("notification", signal.SIGCONT)
     wait_until(lambda: suite.notification_count() >= backlog_from + 20, timeout=60,
                interval=0.02, message="20 of the backlog handled")
-    second.kill()
     handled_at_kill = suite.notification_count() - backlog_from
+    second.kill()
     suite.settle(timeout=60)
     second.start()
     cluster.await_online()
@@ -143,8 +143,8 @@ def test_h3_two_instances_of_course_and_notification_one_of_each_sigkilled(http_
     wait_until(lambda: suite.notification_count() >= 20, timeout=60, interval=0.02,
                message="20 of the backlog handled")
     fault_at = time.monotonic()  # /health was 503 while both notifications were stopped
-    suite.kill("notification-1")
     handled_at_kill = suite.notification_count()
+    suite.kill("notification-1")
     suite.settle()
     suite.wait_healthy(timeout=60)
     row = suite.measure(health_recovery_s=suite.recovery_after(fault_at))

@@ -3,11 +3,15 @@ the suite declares is replicated on the three nodes, ``migrate-queues`` turns a 
 subscription (consumer queue, retry queues, DLQ) into quorum queues keeping the messages, and
 an event expires into its quorum DLQ. The services reach the cluster through RABBITMQ_HOSTS's
 failover URI."""
+import time
+
+import amqp
+import eventlet
 import pytest
 from nameko.testing.services import entrypoint_hook
 
 from services.course.service import CourseService
-from services.kit.amqp import apply_broker_hosts
+from services.kit.amqp import ConfirmedPublisher, PublishFailed, apply_broker_hosts, event_message
 from services.kit.cli import main as knowledge_nest
 from services.notification.service import NotificationService
 from tests.integration.test_event_kit import (  # noqa: F401 (fixtures)
@@ -122,3 +126,54 @@ def test_an_event_expires_into_its_quorum_dlq_on_the_cluster(
     assert cluster_plain.message_count(RECORD_QUEUE) == 1
     _, properties, _ = cluster_plain.get(RECORD_QUEUE)
     assert properties.message_id == lasting
+
+
+def test_confirmed_publisher_across_the_loss_of_a_quorum_queues_leader(cluster_vhost):
+    """The outbox relay's publisher, connected to a follower, while the queue's leader dies: a
+    batch is confirmed, or it fails (nacked, unconfirmed) and is published again; every
+    confirmed message is in the queue, and confirms resume within seconds."""
+    cluster = cluster_vhost.cluster
+    queue = "kn.failover.probe"
+    client = PlainClient(cluster.amqp_uri(cluster_vhost.name, nodes=cluster.nodes[:1]))
+    client.channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    client.close()
+    leader = cluster.leader(cluster_vhost.name, queue)
+    followers = [node for node in cluster.nodes if node is not leader]
+    publisher = ConfirmedPublisher(cluster.amqp_uri(cluster_vhost.name,
+                                                    nodes=followers + [leader]),
+                                   confirm_timeout=5)
+
+    def batch(n):
+        return [("", queue, event_message(b"{}", f"m{n}-{i}", "probe", "test"))
+                for i in range(10)]
+
+    confirmed = []
+    for n in range(5):
+        assert publisher.publish_batch(batch(n)) == []
+        confirmed.append(n)
+    leader.kill()
+    killed_at, failures, resumed_after = time.monotonic(), 0, None
+    n = 5
+    while time.monotonic() - killed_at < 30 and len(confirmed) < 10:
+        try:
+            publisher.publish_batch(batch(n))
+        except (PublishFailed, OSError, amqp.exceptions.AMQPError):
+            failures += 1  # the relay leaves such a batch unsent and publishes it again
+            eventlet.sleep(0.05)
+        else:
+            confirmed.append(n)
+            if resumed_after is None:
+                resumed_after = time.monotonic() - killed_at
+        n += 1
+    publisher.close()
+    assert resumed_after is not None and resumed_after < 15, (resumed_after, failures)
+    survivor = PlainClient(cluster.amqp_uri(cluster_vhost.name, nodes=followers[:1]))
+    try:
+        in_queue = {properties.message_id for _, properties, _ in survivor.get_all(queue)}
+    finally:
+        survivor.close()
+    missing = {f"m{n}-{i}" for n in confirmed for i in range(10)} - in_queue
+    assert not missing, missing
+    print(f"confirms resumed {resumed_after:.2f}s after the leader's SIGKILL, "
+          f"{failures} batch(es) failed meanwhile")
+

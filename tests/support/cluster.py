@@ -336,12 +336,29 @@ class Cluster:
         except (urllib.error.URLError, OSError, StopIteration):
             pass
 
+    def leader(self, vhost, queue, timeout=30):
+        """The node of quorum queue ``queue``'s leader (the management API knows it a moment
+        after the queue is declared or a leader elected)."""
+        deadline = time.monotonic() + timeout
+        names = {node.name for node in self.nodes}
+        while True:
+            try:
+                leader = (self.queues(vhost).get(queue) or {}).get("leader")
+            except (urllib.error.URLError, OSError):
+                leader = None
+            if leader in names:
+                return self.node(leader)
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no leader of {queue} known within {timeout}s")
+            processes.eventlet.sleep(0.2)
+
     def queues(self, vhost):
         """{queue name: {"type", "leader", "members", "messages"}} from the management API."""
         found = {}
         for queue in self.live_node().management(
                 "GET", f"queues/{urllib.parse.quote(vhost, safe='')}"):
-            found[queue["name"]] = {"type": queue.get("type"), "leader": queue.get("leader") or queue.get("node"),
+            found[queue["name"]] = {"type": queue.get("type"),
+                                    "leader": queue.get("leader") or queue.get("node"),
                                     "members": queue.get("members") or [],
                                     "messages": queue.get("messages")}
         return found
