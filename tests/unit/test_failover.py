@@ -85,3 +85,40 @@ def test_a_broker_error_under_an_rpc_call_is_service_unavailable(exc):
     proxy._call = refuse
     with pytest.raises(ServiceUnavailable, match="course.enroll: the broker is unavailable"):
         proxy(1, 3)
+
+
+class RecordingConnection:
+    """Stands in for the publisher's kombu connection: records how it was let go."""
+
+    def __init__(self):
+        self.let_go = []
+
+    def collect(self):
+        self.let_go.append("collect")
+
+    def release(self):
+        self.let_go.append("release")
+
+
+def test_a_nacked_batch_fails_and_its_connection_is_dropped_without_a_close_handshake():
+    # a channel that saw a nack goes on nacking for seconds after a leader's loss, and a clean
+    # close blocks while a majority of the nodes is down: the publisher drops the socket
+    publisher = kit_amqp.ConfirmedPublisher("pyamqp://guest:guest@127.0.0.1:1/",
+                                            confirm_timeout=1)
+    connection = RecordingConnection()
+    publisher._connection, publisher._channel = connection, object()
+    publisher._pending.add(1)  # published, then nacked
+    publisher._on_nack(1, multiple=False)
+    with pytest.raises(kit_amqp.PublishFailed, match="nacked 1"):
+        publisher.wait_for((publisher._generation, 1, 1))
+    assert connection.let_go == ["collect"]
+    assert publisher._channel is None  # the next batch opens a new connection
+
+
+def test_a_stopping_publisher_closes_cleanly():
+    publisher = kit_amqp.ConfirmedPublisher("pyamqp://guest:guest@127.0.0.1:1/",
+                                            confirm_timeout=1)
+    connection = RecordingConnection()
+    publisher._connection = connection
+    publisher.close()
+    assert connection.let_go == ["release"]
