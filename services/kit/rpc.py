@@ -18,6 +18,8 @@ gets what a second call gets (409 for an enrollment).
 classic, and a classic queue on a dead node stops that service's whole consumer (every
 ``@rpc``, every RPC reply) until the node returns.
 """
+import logging
+
 import amqp
 import eventlet
 import kombu.exceptions
@@ -27,6 +29,8 @@ from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy
 from services.kit import topology
 from services.kit.amqp import QueueConsumer
 from services.kit.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 # What the broker (or the way to it) raises under a call: refused or reset connections
 # (OSError), kombu's wrapping of them, a channel or connection the broker closed, a nack.
@@ -75,6 +79,18 @@ class RpcConsumer(nameko_rpc.RpcConsumer):
         super().setup()
         self.queue.queue_arguments = dict(self.queue.queue_arguments or {},
                                           **topology.replicated_arguments(self.container.config))
+
+    def handle_result(self, message, result, exc_info):
+        # nameko lets a reply that cannot be published (the broker went away meanwhile) raise
+        # out of the worker, which kills the whole service. The caller times out instead
+        # (a 503 at the gateway); the request is acked if its connection still lives.
+        try:
+            return super().handle_result(message, result, exc_info)
+        except BROKER_ERRORS as exc:
+            log.warning("reply to %s not sent, the broker is unavailable (%s)",
+                        message.properties.get("reply_to"), exc)
+            self.queue_consumer.ack_message(message)
+            return result, exc_info
 
 
 class Rpc(nameko_rpc.Rpc):
