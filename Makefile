@@ -17,7 +17,8 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yml
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-unit test-integration test-faults test-services lock reliability-report bench clean
+.PHONY: help install run test test-unit test-integration test-faults test-services lock reliability-report bench clean \
+	cluster cluster-stop
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -83,6 +84,15 @@ reliability-report: install
 	mkdir -p var
 	RELIABILITY_RESULTS=$(CURDIR)/var/reliability.json $(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
 	$(BIN)/python scripts/reliability_report.py var/reliability.json docs/reliability.md
+
+# A three-node RabbitMQ cluster beside this machine's broker (AMQP 5701-5703, management
+# 15701-15703; data and logs in var/cluster), the one the tests start for themselves; then
+# RABBITMQ_HOSTS=127.0.0.1:5701,127.0.0.1:5702,127.0.0.1:5703 QUEUE_TYPE=quorum make run
+cluster: install
+	$(BIN)/python -m tests.support.cluster start --dir var/cluster
+
+cluster-stop: install
+	$(BIN)/python -m tests.support.cluster stop --dir var/cluster
 
 # Benchmarks: the suite against plain nameko and the raw broker (bench/results.md and .json);
 # BENCH_ARGS=--quick for a run under a minute. Needs the local broker with its management API.

@@ -29,6 +29,7 @@ from services.kit.errors import (Busy, Conflict, Forbidden, NotFound, ServiceErr
                                  ServiceUnavailable, TooManyRequests, Unauthorized,
                                  ValidationError)
 from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
+from services.kit.rpc import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,16 @@ ERROR_TABLE = (
     # The target service is not running at all (nameko: no queue bound for it).
     (UnknownService, 503, "service_unavailable",
      "a service did not answer in time; try again later"),
+    # The broker failed under the request (refused, reset, channel closed, nack): a node
+    # restarting or failing over. TimedRpcProxy turns these into ServiceUnavailable; this row
+    # catches them anywhere else.
+    (BROKER_ERRORS, 503, "service_unavailable",
+     "the message broker is unavailable; try again later"),
 )
+
+# Seconds a client is told to wait after a 503: a broker node fails over in about a second,
+# a restarting one takes several.
+RETRY_AFTER_SECONDS = 2
 
 INTERNAL_ERROR = (500, "internal_error", "internal error")
 
@@ -119,10 +129,10 @@ def response_for_exception(exc):
         message = getattr(exc, "message", "") or code.replace("_", " ")
         fields = getattr(exc, "fields", None) or {}
     headers = {}
-    if isinstance(exc, (TooManyRequests, TooManyStreams)):
-        headers["Retry-After"] = str(max(1, exc.retry_after))
-    if isinstance(exc, Busy):
-        headers["Retry-After"] = "1"
+    if getattr(exc, "retry_after", None) is not None:  # the refusal knows when to come back
+        headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+    elif status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if isinstance(exc, http_exceptions.MethodNotAllowed) and exc.valid_methods:
         headers["Allow"] = ", ".join(exc.valid_methods)
     return json_response(error_body(code, message, fields), status, headers)

@@ -43,6 +43,7 @@ from werkzeug.wrappers import Response
 
 from contracts import CONTRACTS
 from gateway.http import TooManyStreams
+from services.kit.amqp import connect_retries
 from services.kit.envelope import InvalidEvent, parse_event
 from services.kit.topology import events_exchange
 
@@ -230,9 +231,10 @@ class LiveEvents(SharedExtension):
         queue_name, first_attempt = self.queue_name, self.first_attempt
         while self._running and not self._unwatched(queue_name):
             try:
-                # max_retries 0: a failed attempt raises at once; this loop tries again
+                # each broker node tried once, then a failed attempt raises; this loop tries again
                 with Connection(self.amqp_uri, ssl=self.ssl, heartbeat=30, connect_timeout=5,
-                                transport_options={"max_retries": 0, "client_properties": {
+                                transport_options={"max_retries": connect_retries(
+                                    self.amqp_uri), "client_properties": {
                                     "connection_name": queue_name}}) as connection:
                     queue = Queue(queue_name, exchange=events_exchange(), routing_key="#",
                                   exclusive=True, auto_delete=True, durable=False,

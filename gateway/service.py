@@ -20,6 +20,7 @@ from gateway.live import LiveFeed, StreamBody, WebSocketStream
 from contracts.asyncapi import document as asyncapi_document
 from gateway.openapi import openapi_document
 from services.kit import metrics
+from services.kit.amqp import connect
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from services.kit.rpc import TimedRpcProxy
 
@@ -294,7 +295,7 @@ class GatewayService:
         try:
             with eventlet.Timeout(timeout):
                 with Connection(self.config["AMQP_URI"], connect_timeout=timeout) as connection:
-                    connection.ensure_connection(max_retries=1)
+                    connect(connection)  # each node of RABBITMQ_HOSTS once
             return "ok"
         except (Exception, eventlet.Timeout):
             return "unavailable"

@@ -19,6 +19,8 @@ COLUMNS = [
     ("dead_lettered", "dead-lettered"),
     ("lost", "lost"),
     ("doubled_effects", "doubled effects"),
+    ("answers", "HTTP 201/409/503"),
+    ("health_recovery_s", "/health 200 again after (s)"),
 ]
 
 INTRO = """\
@@ -34,6 +36,19 @@ alone with `make test-faults`. `make test` (CI) runs it too.
 database (SQLite; F6 puts notification's on PostgreSQL). The services reach the broker through a
 TCP proxy (`tests/support/proxy.py`) that the test cuts or whose connections it drops. F3 runs
 notification as a separate `nameko run` process and kills it with SIGKILL.
+
+**The cluster rows (H1-H4)** run the whole suite as `make run` does: `nameko run --config
+config.yml` processes configured by environment variables (`RABBITMQ_HOST`/`RABBITMQ_PORT` of one
+node for H1; `RABBITMQ_HOSTS` of all three and `QUEUE_TYPE=quorum` for H2-H4), on a three-node
+RabbitMQ cluster the test session starts beside the machine's broker (`tests/support/cluster.py`,
+the same as `make cluster`; each node `+S 1:1`, 1 GB memory cap), each service its own migrated
+database (SQLite; H3 puts course and notification on PostgreSQL, shared by their two instances).
+They write over HTTP: `POST /api/courses/1/enroll` by student n; a client that gets a 503 tries
+again after 0.5 s until it gets 201 or 409 (409: its earlier try had been accepted after all), and
+any other answer fails the row. "HTTP 201/409/503" counts the answers; "/health 200 again after"
+is the time from the fault until `GET /health` (polled every 0.25 s) answered 200 again after its
+last other answer (0: it never stopped answering 200). Those rows have no tap queue: "copies the
+broker routed" and "duplicates absorbed" are not counted there (-).
 
 **A write** is `course.enroll(user, course)`: it commits an enrollment and its `course.enrolled`
 event in one transaction (outbox). **The effect** is notification's "you are enrolled" notification
@@ -73,6 +88,16 @@ OUTRO = """
 - A consumer's database away (F6): handlers fail, are retried after `EVENT_RETRY_DELAYS`, and
   what still failed after the last retry is parked with its exception; `knowledge-nest dlq
   requeue` sends it back once the database is there again (the scenario does that, and counts it).
+- A broker node restarting under the whole suite (H1): each request meanwhile gets a 503
+  `service_unavailable` with `Retry-After` (the broker refused the RPC), never a 500; nameko's
+  consumers reconnect by themselves and the gateway heals without a restart.
+- A cluster node lost (H2, H4): with `RABBITMQ_HOSTS` every connection fails over to the next node
+  and every queue (subscriptions, retries, DLQs, nameko's RPC and reply queues) is a quorum queue
+  with a member on each node, so a new leader is elected and nothing on the lost node is missed.
+  A publish nacked or unconfirmed during the election is published again (a duplicate the inbox
+  absorbs). Requests in flight when it happens get 503s.
+- More instances (H3): the survivors take over the RPC queue and the backlog; the killed one's
+  unacked messages are redelivered to them, and what it had committed is skipped by the inbox.
 - Delivery is at least once end to end and the effects exactly once: lost and doubled are 0 in
   every row.
 """

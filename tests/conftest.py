@@ -115,3 +115,35 @@ def broker_proxy(container_factory, rabbit_config):
         netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}").geturl()
     yield proxy
     proxy.restore()
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory):
+    """Three RabbitMQ nodes joined into one cluster beside the machine's broker, which they
+    never touch (tests/support/cluster.py); started once per session, when a test first asks
+    for it (~25-30 s), and stopped and removed at its end."""
+    from tests.support.cluster import RABBITMQ_BIN, Cluster
+    if not os.path.exists(os.path.join(RABBITMQ_BIN, "rabbitmq-server")):
+        pytest.skip(f"no RabbitMQ server scripts in {RABBITMQ_BIN} to start a test cluster with")
+    cluster = Cluster.in_free_slot(str(tmp_path_factory.mktemp("rabbit-cluster")))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_vhost(rabbit_cluster):
+    """A vhost of this test on the cluster; afterwards every node is running again and the
+    vhost is gone. ``.amqp_uri``: the failover URI of the three nodes."""
+    import types
+    name = f"kn_test_{uuid.uuid4().hex[:12]}"
+    rabbit_cluster.add_vhost(name)
+    yield types.SimpleNamespace(name=name, amqp_uri=rabbit_cluster.amqp_uri(name),
+                                cluster=rabbit_cluster)
+    for node in rabbit_cluster.nodes:
+        if not node.running():
+            node.start()
+        elif node.app_stopped:
+            node.start_app()
+    rabbit_cluster.await_online()
+    rabbit_cluster.delete_vhost(name)

@@ -6,14 +6,13 @@
 The RPC contract is docs/rpc.md; the rules are in commands.py. ``knowledge-nest replay`` reads
 this service's log to publish events again (services/analytics/replay.py).
 """
-from nameko.rpc import rpc
-
 from services.analytics import commands
 from services.analytics.delivery import RoutingKey, record_event_handler
 from services.analytics.models import Base
 from services.kit import Database
 from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
+from services.kit.rpc import rpc
 
 
 class AnalyticsService:

@@ -1,6 +1,5 @@
 """auth: users and password hashes. The RPC contract is docs/rpc.md; the rules are in commands.py."""
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 
 from services.auth import commands
 from services.auth.models import Base
@@ -9,6 +8,7 @@ from services.auth.throttle import LoginThrottle
 from services.kit import Database, EventDispatcher
 from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, Busy, ServiceUnavailable
+from services.kit.rpc import rpc
 
 
 class PasswordHashing(DependencyProvider):

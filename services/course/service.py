@@ -1,13 +1,11 @@
 """course: courses, enrollments, rating aggregates. The RPC contract is docs/rpc.md; the rules
 are in commands.py."""
-from nameko.rpc import rpc
-
 from services.course import commands
 from services.course.models import Base
 from services.kit import Database, EventDispatcher, event_handler
 from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
-from services.kit.rpc import TimedRpcProxy
+from services.kit.rpc import TimedRpcProxy, rpc
 
 
 class CourseService:

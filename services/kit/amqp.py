@@ -6,22 +6,126 @@ whole batch and waits once for the confirms of all of it, which is several times
 as safe: a batch counts as published only when every message in it was acked. It also sends the
 next batch before waiting for the previous one's confirms (``publish_nowait`` / ``wait_for``),
 so the broker is never idle while the relay reads or marks rows.
+
+It is also the one place that knows a broker may be several nodes (``RABBITMQ_HOSTS``): the
+``AMQP_URI`` is then kombu's failover form, one URL per node joined by ``;``, which every
+connection of the suite (nameko's consumers and publishers, the relay, the gateway, the CLI)
+tries in turn.
 """
 import logging
 import time
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import amqp
 from amqp import method_framing
 from kombu import Connection
+from nameko import messaging
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.utils import sanitize_url
 
-from services.kit.constants import CONTENT_ENCODING, CONTENT_TYPE
+from services.kit.constants import BROKER_HOSTS_CONFIG_KEY, CONTENT_ENCODING, CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
 
 class PublishFailed(Exception):
     """The broker nacked, returned or did not confirm a message in time: nothing was marked sent."""
+
+
+def broker_urls(amqp_uri):
+    """The URL of each node in ``amqp_uri`` (one, or kombu's ``;``-separated failover list)."""
+    return [url for url in amqp_uri.split(";") if url.strip()]
+
+
+def failover_uri(amqp_uri, hosts):
+    """``amqp_uri`` (its first URL's scheme, credentials and vhost) once per ``host:port``."""
+    first = urlsplit(broker_urls(amqp_uri)[0])
+    credentials = first.netloc.rpartition("@")[0]
+    return ";".join(first._replace(netloc=f"{credentials}@{host}" if credentials else host)
+                    .geturl() for host in hosts)
+
+
+def broker_hosts(config):
+    """``RABBITMQ_HOSTS`` as a list of ``host:port`` (empty: not set)."""
+    value = (config or {}).get(BROKER_HOSTS_CONFIG_KEY) or ""
+    if not isinstance(value, str):  # a YAML list
+        value = ",".join(str(host) for host in value)
+    return [host.strip() for host in value.split(",") if host.strip()]
+
+
+def apply_broker_hosts(config):
+    """With ``RABBITMQ_HOSTS`` set, make ``config``'s ``AMQP_URI`` the failover URI of those
+    nodes (in place; idempotent). Called wherever config.yml is read: the kit's service
+    container (every ``nameko run``) and ``load_config`` (the CLI, ``make run``)."""
+    hosts = broker_hosts(config)
+    if hosts and config.get(AMQP_URI_CONFIG_KEY):
+        config[AMQP_URI_CONFIG_KEY] = failover_uri(config[AMQP_URI_CONFIG_KEY], hosts)
+    return config
+
+
+def sanitize_uri(amqp_uri):
+    """``amqp_uri`` with the password of every node's URL redacted (nameko's ``sanitize_url``
+    redacts only the first of a failover list)."""
+    return ";".join(sanitize_url(url) for url in broker_urls(amqp_uri))
+
+
+def connect_retries(amqp_uri, rounds=1):
+    """kombu's ``max_retries`` for trying every node ``rounds`` times.
+
+    kombu counts a switch to the next node as a retry, so ``max_retries=1`` tries only two of
+    three nodes; it sleeps only after a whole round.
+    """
+    return _max_retries(len(broker_urls(amqp_uri)), rounds)
+
+
+def _max_retries(nodes, rounds):
+    return nodes * rounds - 1
+
+
+def connect(connection, rounds=1):
+    """Open ``connection`` (a kombu Connection), each node tried ``rounds`` times."""
+    nodes = len(connection.alt) or 1  # alt: every URL of a failover list, the first included
+    return connection.ensure_connection(max_retries=_max_retries(nodes, rounds))
+
+
+@contextmanager
+def _connection_lost_ignored():
+    """nameko ignores only py-amqp's ConnectionError when it acks: a socket reset under the ack
+    (a broker node going away) raised out of the worker and killed the whole container. The
+    broker requeues what the lost connection had not acked; inboxes absorb the redelivery."""
+    try:
+        yield
+    except (OSError, amqp.exceptions.RecoverableConnectionError) as exc:
+        log.warning("ack or requeue lost with the broker connection (%s); the broker "
+                    "redelivers the message", exc)
+
+
+class QueueConsumer(messaging.QueueConsumer):
+    """nameko's QueueConsumer, whose reconnect warning redacts every node's password, and which
+    goes round the broker's nodes every second or two while none answers."""
+
+    def ack_message(self, message):
+        with _connection_lost_ignored():
+            super().ack_message(message)
+
+    def requeue_message(self, message):
+        with _connection_lost_ignored():
+            super().requeue_message(message)
+
+    @contextmanager
+    def establish_connection(self):
+        # kombu waits 2, 4, 6 ... 30 s between rounds: the longer the broker was away, the
+        # later after its return it was found. A round every 1-2 s finds it within 2 s (the
+        # fault matrix's H1: /health 200 1.7 s after the node was back).
+        with self.create_connection() as connection:
+            connection.ensure_connection(self.on_connection_error, self.connect_max_retries,
+                                         interval_start=1, interval_step=1, interval_max=2)
+            yield connection
+
+    def on_connection_error(self, exc, interval):
+        log.warning("Error connecting to broker at %s (%s). Retrying in %s seconds.",
+                    sanitize_uri(self.amqp_uri), exc, interval)
 
 
 def make_connection(amqp_uri, heartbeat, ssl=None, connect_timeout=5):
@@ -141,14 +245,14 @@ class ConfirmedPublisher:
                 return (self._generation, first, self._next_tag - 1)
             except (OSError, amqp.exceptions.ConnectionError,
                     amqp.exceptions.RecoverableConnectionError):
-                self.close()
+                self._abandon()
                 # The connection may have died while idle (broker restart, closed by an
                 # operator): one fresh try. Messages of the failed try that did arrive are
                 # duplicates the consumers' inboxes absorb.
                 if attempt == 2 or not idle:
                     raise
             except Exception:
-                self.close()
+                self._abandon()
                 raise
 
     def wait_for(self, ticket):
@@ -163,30 +267,47 @@ class ConfirmedPublisher:
         try:
             self._wait_for_confirms(last)
         except Exception:
-            self.close()
+            self._abandon()
             raise
         nacked = {tag for tag in self._nacked if first <= tag <= last}
         self._nacked -= nacked
         returned, self._returned = self._returned, []
         if nacked:
+            # A queue's leader was lost (a cluster node died): this channel may go on nacking
+            # for seconds (8-9 s on RabbitMQ 3.10), a new one is fine within a fraction of one.
+            self._abandon()
             raise PublishFailed(f"broker nacked {len(nacked)} message(s)")
         return returned
 
     def close(self):
+        """Close the connection cleanly (the service stops)."""
+        self._drop(graceful=True)
+
+    def _abandon(self):
+        """Drop the connection after a failure, without the closing handshake: with a majority
+        of a cluster's nodes down a clean close blocks until one returns, and the caller (the
+        relay, a consumer's failure router) must stay responsive. The next batch reconnects,
+        trying each node in turn."""
+        self._drop(graceful=False)
+
+    def _drop(self, graceful):
         connection, self._connection, self._channel = self._connection, None, None
         self._pending.clear()
         self._nacked.clear()
         self._generation += 1  # tickets of this connection can no longer be confirmed
         if connection is not None:
             try:
-                connection.release()
+                if graceful:
+                    connection.release()
+                else:
+                    connection.collect()  # closes the socket, sends nothing
             except Exception:  # closing a broken connection; nothing to save
                 log.debug("error closing publisher connection", exc_info=True)
 
     def _ensure_channel(self):
         if self._channel is None:
             self._connection = make_connection(self.amqp_uri, heartbeat=0, ssl=self.ssl)
-            self._connection.ensure_connection(max_retries=1)
+            connect(self._connection, rounds=2)
             channel = self._connection.connection.channel()  # py-amqp channel
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)

@@ -359,7 +359,7 @@ def cmd_create_admin(args, config):
         raise SystemExit(f"error: {exc.message}" + (f" ({fields})" if fields else ""))
     except OSError as exc:
         raise SystemExit(f"error: cannot reach the broker at "
-                         f"{sanitize_url(config[AMQP_URI_CONFIG_KEY])}: {exc}")
+                         f"{sanitize_uri(config[AMQP_URI_CONFIG_KEY])}: {exc}")
     print(user["id"])
 
 

@@ -48,4 +48,6 @@ EVENT_PRIORITY_CONFIG_KEY = "EVENT_PRIORITY"
 MAX_PRIORITY = 9
 QUEUE_TYPE_CONFIG_KEY = "QUEUE_TYPE"  # classic or quorum: the subscriptions' consumer queues
 QUEUE_TYPES = ("classic", "quorum")
+# comma-separated host:port of every broker node; overrides RABBITMQ_HOST/RABBITMQ_PORT
+BROKER_HOSTS_CONFIG_KEY = "RABBITMQ_HOSTS"
 DEFAULT_QUEUE_TYPE = "classic"

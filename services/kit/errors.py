@@ -74,6 +74,7 @@ class ServiceUnavailable(ServiceError):
 class Busy(ServiceUnavailable):
     """A service refused the request at once because it is at capacity; its message says why
     (the gateway passes it on with a 503 and Retry-After)."""
+    retry_after = 1
 
 
 # Raised by entrypoints as expected outcomes: nameko logs them as warnings, not errors.

@@ -48,12 +48,14 @@ from nameko import events as nameko_events
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 from nameko.exceptions import ContainerBeingKilled
 from nameko.extensions import SharedExtension
-from nameko.messaging import Consumer, QueueConsumer
+from nameko.messaging import Consumer
 from sqlalchemy import func, select, update
 
 from services.kit import metrics, topology
 from services.kit.background import BackgroundLoop
-from services.kit.amqp import ConfirmedPublisher, PublishFailed, event_message, make_connection
+from services.kit.amqp import (
+    ConfirmedPublisher, PublishFailed, QueueConsumer, event_message, make_connection,
+)
 from services.kit.constants import (
     CONFIRM_TIMEOUT_CONFIG_KEY, DEAD_LETTER_EXCHANGE, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_HEARTBEAT,
     DEFAULT_OUTBOX_BATCH_SIZE, DEFAULT_OUTBOX_POLL_INTERVAL, EVENTS_EXCHANGE,

@@ -29,6 +29,8 @@ from nameko.containers import ServiceContainer
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
+from services.kit.amqp import apply_broker_hosts
+
 _context = local()  # per greenthread: worker_ctx, or the service an extension thread serves
 
 
@@ -78,8 +80,10 @@ class LoggingServiceContainer(ServiceContainer):
     """nameko's container, remembering per greenthread which worker or service is running, so
     that log records can say so (``SERVICE_CONTAINER_CLS`` in config)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, service_cls, config):
+        # RABBITMQ_HOSTS -> the failover AMQP_URI, before any extension reads it
+        apply_broker_hosts(config)
+        super().__init__(service_cls, config)
         install()
 
     def _run_worker(self, worker_ctx, handle_result):

@@ -8,12 +8,34 @@
             if not self.course.is_enrolled(user_id, course_id): ...
 
 A call that gets no reply in time raises ``ServiceUnavailable``; a late reply is dropped by
-nameko's reply listener (it no longer knows the correlation id).
+nameko's reply listener (it no longer knows the correlation id). So does a call the broker
+fails under (refused, reset, channel closed, nack): the caller, the gateway, answers 503 and
+the client tries again; a call that reached the service may have had its effect, and the retry
+gets what a second call gets (409 for an enrollment).
+
+``rpc`` here is nameko's ``@rpc`` whose ``rpc-<service>`` queue, like every reply queue of a
+``TimedRpcProxy``, is a quorum queue when ``QUEUE_TYPE`` is quorum: nameko declares them
+classic, and a classic queue on a dead node stops that service's whole consumer (every
+``@rpc``, every RPC reply) until the node returns.
 """
+import logging
+
+import amqp
 import eventlet
+import kombu.exceptions
+from nameko import rpc as nameko_rpc
 from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy
 
+from services.kit import topology
+from services.kit.amqp import QueueConsumer
 from services.kit.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+# What the broker (or the way to it) raises under a call: refused or reset connections
+# (OSError), kombu's wrapping of them, a channel or connection the broker closed, a nack.
+BROKER_ERRORS = (OSError, kombu.exceptions.OperationalError, kombu.exceptions.ConnectionError,
+                 amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked)
 
 RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
 DEFAULT_RPC_TIMEOUT = 5.0
@@ -23,7 +45,12 @@ class TimedMethodProxy(MethodProxy):
     timeout = DEFAULT_RPC_TIMEOUT
 
     def __call__(self, *args, **kwargs):
-        reply = self._call(*args, **kwargs)
+        try:
+            reply = self._call(*args, **kwargs)
+        except BROKER_ERRORS as exc:
+            raise ServiceUnavailable(
+                f"{self.service_name}.{self.method_name}: the broker is unavailable "
+                f"({type(exc).__name__})") from None
         try:
             with eventlet.Timeout(self.timeout):
                 return reply.result()
@@ -45,7 +72,46 @@ class TimedServiceProxy(ServiceProxy):
         return proxy
 
 
+class RpcConsumer(nameko_rpc.RpcConsumer):
+    queue_consumer = QueueConsumer()
+
+    def setup(self):
+        super().setup()
+        self.queue.queue_arguments = dict(self.queue.queue_arguments or {},
+                                          **topology.replicated_arguments(self.container.config))
+
+    def handle_result(self, message, result, exc_info):
+        # nameko lets a reply that cannot be published (the broker went away meanwhile) raise
+        # out of the worker, which kills the whole service. The caller times out instead
+        # (a 503 at the gateway); the request is acked if its connection still lives.
+        try:
+            return super().handle_result(message, result, exc_info)
+        except BROKER_ERRORS as exc:
+            log.warning("reply to %s not sent, the broker is unavailable (%s)",
+                        message.properties.get("reply_to"), exc)
+            self.queue_consumer.ack_message(message)
+            return result, exc_info
+
+
+class Rpc(nameko_rpc.Rpc):
+    rpc_consumer = RpcConsumer()
+
+
+rpc = Rpc.decorator
+
+
+class ReplyListener(nameko_rpc.ReplyListener):
+    queue_consumer = QueueConsumer()
+
+    def setup(self):
+        super().setup()  # a quorum reply queue keeps nameko's x-expires (RabbitMQ 3.10 has it)
+        self.queue.queue_arguments = dict(self.queue.queue_arguments or {},
+                                          **topology.replicated_arguments(self.container.config))
+
+
 class TimedRpcProxy(RpcProxy):
+    rpc_reply_listener = ReplyListener()
+
     def __init__(self, target_service, timeout=None, **options):
         super().__init__(target_service, **options)
         self.timeout = timeout

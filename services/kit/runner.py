@@ -24,6 +24,7 @@ from kombu import Connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.utils import sanitize_url
 
+from services.kit.amqp import connect, sanitize_uri
 from services.kit.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,7 +64,7 @@ def service_modules():
 def broker_answers(amqp_uri):
     try:
         with Connection(amqp_uri, connect_timeout=3) as connection:
-            connection.ensure_connection(max_retries=1)
+            connect(connection, rounds=2)
         return True
     except Exception:
         return False
@@ -135,7 +136,7 @@ def main(argv=None):
     if not broker_answers(amqp_uri):
         started_broker = start_local_broker(amqp_uri)
         if not started_broker:
-            print(NO_BROKER.format(uri=sanitize_url(amqp_uri)), file=sys.stderr)
+            print(NO_BROKER.format(uri=sanitize_uri(amqp_uri)), file=sys.stderr)
             return 1
     try:
         return run_suite(args.config, config)

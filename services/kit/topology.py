@@ -135,13 +135,26 @@ def consumer_queue_arguments(queue_name, config=None):
         "x-dead-letter-routing-key": queue_name,
     }
     if queue_type(config) == "quorum":
-        # Quorum queues (RabbitMQ 3.10) have no x-max-priority. Their dead-lettering is
-        # at-most-once unless at-least-once, which needs reject-publish overflow.
-        arguments.update({"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once",
-                          "x-overflow": "reject-publish"})
+        # Quorum queues (RabbitMQ 3.10) have no x-max-priority.
+        arguments.update(quorum_dead_letter_arguments())
     elif event_priorities(config):
         arguments["x-max-priority"] = MAX_PRIORITY
     return arguments
+
+
+def replicated_arguments(config):
+    """The queue arguments that make a queue of ours replicated when QUEUE_TYPE is quorum:
+    every queue the suite consumes from must be, nameko's RPC queues too (services/kit/rpc.py).
+    A classic queue lives on one node: while that node is down it cannot be consumed, and a
+    copy of an event routed to it is dropped although the publisher gets its confirm."""
+    return {"x-queue-type": "quorum"} if queue_type(config) == "quorum" else {}
+
+
+def quorum_dead_letter_arguments():
+    # A quorum queue dead-letters at most once unless at-least-once, which needs
+    # reject-publish overflow.
+    return {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish"}
 
 
 def consumer_queue(queue_name, binding_keys, config=None):
@@ -155,30 +168,40 @@ def consumer_queue(queue_name, binding_keys, config=None):
     )
 
 
-def dead_letter_queue(queue_name):
+def dead_letter_queue(queue_name, config=None):
     return Queue(dead_letter_queue_name(queue_name), exchange=dead_letter_exchange(),
-                 routing_key=queue_name, durable=True)
+                 routing_key=queue_name, durable=True,
+                 queue_arguments=replicated_arguments(config) or None)
 
 
-def retry_queue(queue_name, delay):
+def retry_queue(queue_name, delay, config=None):
     """Holds a failed message for ``delay`` seconds, then dead-letters it back to its queue."""
-    return Queue(
-        retry_queue_name(queue_name, delay),
-        durable=True,
-        queue_arguments={
-            "x-message-ttl": int(delay * 1000),
-            "x-dead-letter-exchange": "",  # the default exchange routes by queue name
-            "x-dead-letter-routing-key": queue_name,
-        },
-    )
+    arguments = {
+        "x-message-ttl": int(delay * 1000),  # quorum queues have message TTLs since 3.10
+        "x-dead-letter-exchange": "",  # the default exchange routes by queue name
+        "x-dead-letter-routing-key": queue_name,
+    }
+    if queue_type(config) == "quorum":
+        arguments.update(quorum_dead_letter_arguments())
+    return Queue(retry_queue_name(queue_name, delay), durable=True, queue_arguments=arguments)
 
 
 def subscription_entities(queue_name, binding_keys, config):
     """Everything one subscription needs on the broker, in declaration order."""
-    yield dead_letter_queue(queue_name)
+    yield dead_letter_queue(queue_name, config)
     for delay in retry_delays(config):
-        yield retry_queue(queue_name, delay)
+        yield retry_queue(queue_name, delay, config)
     yield consumer_queue(queue_name, binding_keys, config)
+
+
+def entity_bindings(queue):
+    """(exchange, routing key) of each binding of a queue made here; [] for a retry queue
+    (the default exchange routes to it by name)."""
+    if queue.bindings:
+        return [(bound.exchange.name, bound.routing_key) for bound in queue.bindings]
+    if queue.exchange is not None and queue.exchange.name:
+        return [(queue.exchange.name, queue.routing_key)]
+    return []
 
 
 def declare_topology(connection, config, subscriptions=None):
@@ -249,9 +272,9 @@ def _moved_unchanged(destination, own_user):
     return route
 
 
-def migrate_queue(connection, queue_name, binding_keys, config, publisher,
-                  progress=no_progress):
-    """Recreate one subscription's queue with the configured arguments, keeping its messages.
+def migrate_queue(connection, wanted, config, publisher, progress=no_progress):
+    """Recreate the queue ``wanted`` (a kombu Queue made here) with its configured arguments,
+    keeping its messages.
 
     Returns None when it already matches, else the number of messages carried over. Its
     consumers must be stopped. Shovel-free: the messages are parked in ``<queue>.migrating``
@@ -259,7 +282,9 @@ def migrate_queue(connection, queue_name, binding_keys, config, publisher,
     each batch confirmed there before it is acked (moves.py), and moved back the same way. Run again after
     an interruption: a leftover ``.migrating`` queue is emptied into the new queue.
     """
-    wanted = consumer_queue(queue_name, binding_keys, config)
+    queue_name = wanted.name
+    bindings = entity_bindings(wanted)
+    own_user = broker_user(config["AMQP_URI"])
     holding_name = queue_name + ".migrating"
     holding_exists = True
     probe = connection.channel()
@@ -274,9 +299,13 @@ def migrate_queue(connection, queue_name, binding_keys, config, publisher,
         return None
     channel = connection.channel()
     try:
-        channel.queue_declare(holding_name, durable=True, auto_delete=False)
-        for key in binding_keys:
-            channel.queue_bind(holding_name, EVENTS_EXCHANGE, routing_key=key)
+        # the holding queue is of the wanted type: on a cluster it must not live on one node
+        channel.queue_declare(holding_name, durable=True, auto_delete=False,
+                              arguments={key: value for key, value in
+                                         (wanted.queue_arguments or {}).items()
+                                         if key == "x-queue-type"})
+        for exchange, key in bindings:
+            channel.queue_bind(holding_name, exchange, routing_key=key)
         moved = 0
         try:
             channel.queue_declare(queue_name, passive=True)
@@ -285,19 +314,27 @@ def migrate_queue(connection, queue_name, binding_keys, config, publisher,
             old_exists = False
             channel = connection.channel()
         if old_exists and not _queue_matches(connection, wanted):
-            for key in binding_keys:
-                channel.queue_unbind(queue_name, EVENTS_EXCHANGE, routing_key=key)
+            for exchange, key in bindings:
+                channel.queue_unbind(queue_name, exchange, routing_key=key)
             move_messages(connection, queue_name, publisher,
-                          _moved_unchanged(holding_name, broker_user(config["AMQP_URI"])),
-                          progress, label=f"{queue_name} -> .migrating")
+                          _moved_unchanged(holding_name, own_user), progress,
+                          label=f"{queue_name} -> .migrating")
             channel.queue_delete(queue_name)
+            # A new channel for the new queue: RabbitMQ 3.10's channel keeps the deleted
+            # queue's type and crashes (541) publishing to a classic queue recreated as quorum.
+            channel.close()
+            channel = connection.channel()
+            channel.confirm_select()
         wanted(channel).declare()  # with its bindings
-        for key in binding_keys:
-            channel.queue_unbind(holding_name, EVENTS_EXCHANGE, routing_key=key)
+        for exchange, key in bindings:
+            channel.queue_unbind(holding_name, exchange, routing_key=key)
         moved += move_messages(connection, holding_name, publisher,
-                               _moved_unchanged(queue_name, broker_user(config["AMQP_URI"])),
-                               progress, label=f"{queue_name} <- .migrating")
-        channel.queue_delete(holding_name, if_empty=True)
+                               _moved_unchanged(queue_name, own_user), progress,
+                               label=f"{queue_name} <- .migrating")
+        # unbound and drained; quorum queues have no if-empty delete, so check first
+        _, left, _ = channel.queue_declare(holding_name, passive=True)
+        if not left:
+            channel.queue_delete(holding_name)
         return moved
     finally:
         if channel.is_open:
@@ -305,12 +342,13 @@ def migrate_queue(connection, queue_name, binding_keys, config, publisher,
 
 
 def migrate_queues(connection, config, subscriptions, progress=no_progress):
-    """migrate_queue() for each subscription; yields (queue_name, None or messages moved)."""
+    """migrate_queue() for every queue of each subscription (its DLQ, its retry queues, its
+    consumer queue); yields (queue_name, None or messages moved)."""
     from services.kit.events import new_publisher  # events.py imports this module
     publisher = new_publisher(config)
     try:
         for queue_name, binding_keys in subscriptions.items():
-            yield queue_name, migrate_queue(connection, queue_name, tuple(binding_keys), config,
-                                            publisher, progress)
+            for entity in subscription_entities(queue_name, tuple(binding_keys), config):
+                yield entity.name, migrate_queue(connection, entity, config, publisher, progress)
     finally:
         publisher.close()

@@ -8,12 +8,11 @@
 Each handler only stores the notification as ``pending`` (committed by the kit with the event's
 inbox record); ``MailSender`` delivers it after the commit and retries failed sends later.
 """
-from nameko.rpc import rpc
 from sqlalchemy import select
 
 from services.kit import Database, event_handler
 from services.kit.db import check_database
-from services.kit.rpc import TimedRpcProxy
+from services.kit.rpc import TimedRpcProxy, rpc
 from services.kit.schemas import page_of
 from services.notification import notices
 from services.notification.models import Base, Notification

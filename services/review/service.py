@@ -1,10 +1,8 @@
 """review: course reviews. The RPC contract is docs/rpc.md; the rules are in commands.py."""
-from nameko.rpc import rpc
-
 from services.kit import Database, EventDispatcher
 from services.kit.db import check_database
 from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
-from services.kit.rpc import TimedRpcProxy
+from services.kit.rpc import TimedRpcProxy, rpc
 from services.review import commands
 from services.review.models import Base
 
