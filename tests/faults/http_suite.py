@@ -19,6 +19,7 @@ import jwt
 import requests
 from sqlalchemy import func, select
 
+from services.auth.models import User
 from services.course.models import Course, Enrollment, OutboxEvent
 from services.notification.models import Contact, Notification
 from tests.faults.conftest import ROOT, insert
@@ -63,6 +64,11 @@ class HttpSuite:
         self.users = users
         self.course_db = databases["course"]
         self.notification_db = databases["notification"]
+        # the students exist in auth too: the gateway refuses a token whose user does not
+        insert(databases["auth"], User(id=999, email="teacher@example.com", name="Teacher",
+                                       role="instructor", password_hash="-"),
+               *[User(id=n, email=f"u{n}@example.com", name=f"User {n}", role="student",
+                      password_hash="-") for n in range(1, users + 1)])
         insert(self.course_db, Course(id=1, title="High Availability 101", description="d",
                                       instructor_id=999))
         insert(self.notification_db,

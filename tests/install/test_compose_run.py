@@ -294,9 +294,10 @@ def deployment(installed, rabbit_config, request, tmp_path):
                                compose["postgres"]["environment"]["POSTGRES_PASSWORD"])
     containers = []
     try:
-        # rabbitmq: its default user, and what a mounted definitions file declares
+        # rabbitmq: its default user, or (RabbitMQ creates no default user when it imports
+        # definitions at boot) what a mounted definitions file declares
         rabbitmq_env = compose["rabbitmq"].get("environment", {})
-        if rabbitmq_env.get("RABBITMQ_DEFAULT_USER"):
+        if rabbitmq_env.get("RABBITMQ_DEFAULT_USER") and not definitions:
             broker.add_user(rabbitmq_env["RABBITMQ_DEFAULT_USER"],
                             rabbitmq_env["RABBITMQ_DEFAULT_PASS"], tags="administrator")
             broker.permit(rabbitmq_env["RABBITMQ_DEFAULT_USER"])
@@ -378,6 +379,12 @@ def map_to_host(environment, published, broker_users):
                 env[key] = value.replace(f"@{host}:{port}/", f"@{new_host}:{new_port}/")
         if re.search(r"RABBITMQ_USER$", key) and value in broker_users:
             env[key] = broker_users[value]
+    # config.yml names the owners' broker users by default (EVENT_PUBLISHERS): ours are renamed
+    with open(os.path.join(ROOT, "config.yml")) as config_file:
+        for key, default in re.findall(r"\$\{([A-Z_]*RABBITMQ_USER):([^}]*)\}",
+                                       config_file.read()):
+            if key not in env and default in broker_users:
+                env[key] = broker_users[default]
     return env
 
 
