@@ -14,14 +14,11 @@ from services.auth.service import AuthService
 from services.course.service import CourseService
 from services.kit import Database, InboxHorizonMixin, InboxRecordMixin, event_handler
 from services.kit.db import normalize_url
+from tests.e2e.conftest import CHEAP_HASHING
 from tests.support.broker import wait_until
 from tests.support.db import query
 
 pytestmark = pytest.mark.integration
-
-CHEAP_HASHING = dict(PASSWORD_HASH_TIME_COST=1, PASSWORD_HASH_MEMORY_COST=1024,
-                     PASSWORD_HASH_PARALLELISM=1)
-
 
 class ReportingBase(DeclarativeBase):
     pass
