@@ -1,0 +1,2 @@
+def markdown_section(result):
+    return ""
