@@ -40,7 +40,8 @@ class Databases:
     def database_name(self, name):
         return f"{self.run_name}_{name}"
 
-    def create(self, *names):
+    def create(self, *names, synchronous_commit=None):
+        """``synchronous_commit``: set on these databases only (ALTER DATABASE), if given."""
         if self.kind != "postgresql":
             return
         conn = admin_connection()
@@ -50,6 +51,9 @@ class Databases:
                 conn.run(f'DROP DATABASE IF EXISTS "{database}"')
                 conn.run(f'CREATE DATABASE "{database}"')
                 self.created.append(database)
+                if synchronous_commit:
+                    conn.run(f'ALTER DATABASE "{database}" '
+                             f'SET synchronous_commit = {synchronous_commit}')
         finally:
             conn.close()
 

@@ -140,6 +140,8 @@ class Bench:
             "AMQP_URI": self.vhost.amqp_uri, "HEARTBEAT": 15, "max_workers": 10,
             "PREFETCH_COUNT": 20, "RPC_TIMEOUT": 30, "PUBLISH_CONFIRM_TIMEOUT": 10,
             "EVENT_RETRY_DELAYS": [1, 5, 30],
+            # PostgreSQL's max_connections (100 here, shared): 10 per busy service, not 13
+            "DB_POOL_SIZE": 10,
             "LOGGING": {"version": 1, "disable_existing_loggers": False,
                         "handlers": {"console": {"class": "logging.StreamHandler"}},
                         "root": {"level": "WARNING", "handlers": ["console"]}},
@@ -150,7 +152,7 @@ class Bench:
     def prepare_databases(self):
         from bench import kit_services, plain_services
         from services.kit.migrations import upgrade
-        self.dbs.create(*DATABASES)
+        self.dbs.create(*DATABASES, synchronous_commit=self.args.synchronous_commit)
         for name in ("kit_src", "kit_sink", "kit_batch_sink"):
             kit_services.Base.metadata.create_all(self.dbs.engine(name))
         plain_services.NaiveNotifyBase.metadata.create_all(self.dbs.engine("naive_notification"))
@@ -224,13 +226,13 @@ class Bench:
             ("kit_src", "bench.kit_services:KitSource",
              dict(web("kit_src"), DB_URIS={"kit_src:Base": self.db_url("kit_src")},
                   EXTRA_SUBSCRIPTIONS=subscriptions, OUTBOX_POLL_INTERVAL=60,
-                  OUTBOX_BATCH_SIZE=500), procs.http_ok(self.urls["kit_src"] + "/")),
+                  OUTBOX_BATCH_SIZE=500, DB_POOL_SIZE=4), procs.http_ok(self.urls["kit_src"] + "/")),
             ("kit_sink", "bench.kit_services:KitSink",
              dict(DB_URIS={"kit_sink:Base": self.db_url("kit_sink")},
                   EXTRA_SUBSCRIPTIONS=subscriptions), consumers("kit_sink.handle")),
             ("kit_batch_sink", "bench.kit_services:KitBatchSink",
              dict(DB_URIS={"kit_batch_sink:Base": self.db_url("kit_batch_sink")},
-                  EXTRA_SUBSCRIPTIONS=subscriptions), consumers("kit_batch_sink.handle")),
+                  EXTRA_SUBSCRIPTIONS=subscriptions, DB_POOL_SIZE=4), consumers("kit_batch_sink.handle")),
             ("course", "services.course.service", suite, consumers("rpc-course")),
             ("notification", "services.notification.service", suite,
              consumers("notification.confirm_enrollment")),
@@ -506,6 +508,7 @@ class Bench:
                   for phase, by in self.meter.phases.items()}
         result = {"mode": "quick" if self.args.quick else "full", "runs": self.args.runs,
                   "database": self.args.db,
+                  "synchronous_commit": self.args.synchronous_commit or "server default",
                   "seconds": round(self.elapsed, 1), "machine": self.machine(), "rows": rows,
                   "processes": processes, "cpu_percent_by_phase": phases,
                   "sizes": {k: v for k, v in self.sizes.items()}}
@@ -579,6 +582,9 @@ def markdown_section(result):
     """One database's run of ``make bench``: its table, memory and CPU."""
     database = result.get("database", "sqlite")
     title, command = SECTION_TITLES[database]
+    if result.get("synchronous_commit") == "off":
+        title, command = (f"{title} with synchronous_commit = off (a comparison, not a setting)",
+                          f"{command} BENCH_ARGS=--synchronous-commit=off")
     where = ("SQLite (WAL) in a temp dir" if database == "sqlite" else
              "throwaway PostgreSQL databases on the local server (dropped after)")
     lines = [f"## `make bench` on {title}", "", run_header(result, command), "",
@@ -617,6 +623,10 @@ def main(argv=None):
     parser.add_argument("--db", choices=sorted(RESULT_FILES),
                         default=os.environ.get("BENCH_DB") or "sqlite",
                         help="the services' databases (default BENCH_DB, else sqlite)")
+    parser.add_argument("--synchronous-commit", choices=("on", "off"),
+                        help="PostgreSQL only: set on the run's databases (the server's own "
+                             "setting otherwise; bench/NOTES.md says what off trades away); its "
+                             "figures go to results-postgresql-sync-off.json")
     parser.add_argument("--out", help="where results.md and the JSON go (default bench/)")
     parser.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"),
                         help="markdown put under the header of results.md (if it exists)")
@@ -645,7 +655,10 @@ def main(argv=None):
     result = Bench(args).run()
     result["machine"]["load_average_at_start"] = load_at_start
     if args.out is not None:
-        report.save(args.out, RESULT_FILES[args.db], result, args.notes)
+        filename = RESULT_FILES[args.db]
+        if args.synchronous_commit == "off":
+            filename = filename.replace(".json", "-sync-off.json")
+        report.save(args.out, filename, result, args.notes)
     print(markdown_section(result))
     if partial:
         return 0

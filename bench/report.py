@@ -15,6 +15,7 @@ def sections():
     from bench import burst, harness, scale
     return [("results.json", harness.markdown_section),
             ("results-postgresql.json", harness.markdown_section),
+            ("results-postgresql-sync-off.json", harness.markdown_section),
             ("results-scale.json", scale.markdown_section),
             ("results-burst.json", burst.markdown_section)]
 

@@ -97,9 +97,10 @@ def normalize_url(uri):
 # Connections a service holds besides its workers': the outbox relay, the retention sweep and
 # one more background loop (notification's mail sender, a gateway's feed).
 BACKGROUND_CONNECTIONS = 3
+POOL_SIZE_CONFIG_KEY = "DB_POOL_SIZE"  # 0 or absent: max_workers + BACKGROUND_CONNECTIONS
 
 
-def engine_options(url, max_workers=10):
+def engine_options(url, max_workers=10, pool_size=0):
     if url.get_backend_name() == "sqlite":
         # One connection per process: greenthreads queue for it cooperatively. Two SQLite
         # connections writing at once would make one spin in SQLite's C busy handler, which
@@ -111,8 +112,8 @@ def engine_options(url, max_workers=10):
     # a few ms to open); the overflow is for a worker's second, short session (the inbox check
     # of a redelivered event). pre-ping: a database that went away and came back costs one
     # failed request, not all.
-    return {"pool_size": max_workers + BACKGROUND_CONNECTIONS, "max_overflow": max_workers,
-            "pool_pre_ping": True, "pool_timeout": 10}
+    return {"pool_size": pool_size or max_workers + BACKGROUND_CONNECTIONS,
+            "max_overflow": max_workers, "pool_pre_ping": True, "pool_timeout": 10}
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -123,12 +124,12 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
-def create_engine_for(uri, max_workers=10, **overrides):
+def create_engine_for(uri, max_workers=10, pool_size=0, **overrides):
     """The engine a service uses for ``uri``; also used by migrations and the CLI."""
     url = normalize_url(uri)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
-    options = engine_options(url, max_workers)
+    options = engine_options(url, max_workers, pool_size)
     options.update(overrides)
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
@@ -162,8 +163,10 @@ class Database(nameko_sqlalchemy.Database):
         service_name = self.container.service_name
         self.db_uri = database_uri(self.container.config, service_name,
                                    self.declarative_base.__name__)
-        max_workers = self.container.config.get("max_workers", 10)
-        self.engine = create_engine_for(self.db_uri, max_workers, **self.engine_options)
+        config = self.container.config
+        self.engine = create_engine_for(self.db_uri, int(config.get("max_workers", 10)),
+                                        int(config.get(POOL_SIZE_CONFIG_KEY) or 0),
+                                        **self.engine_options)
         self.Session = nameko_sqlalchemy.database.sessionmaker(
             bind=self.engine, class_=nameko_sqlalchemy.database.Session, **self.session_options)
 
