@@ -41,14 +41,21 @@ NEW_CONTACTS = 20_000
 
 FULL = dict(large=dict(users=100_000, courses=10_000, enrollments=1_000_000, events=1_000_000,
                        reviews=100_000),
-            small=dict(users=100, courses=20, enrollments=200, events=400, reviews=20),
-            requests={1: 200, 10: 400}, relay=5000, replay=100_000, growth_steps=6,
-            growth_rate=50, growth_seconds=15)
+            # the same density per user, per course and per minute of the event log as large
+            small=dict(users=100, courses=40, enrollments=1000, events=1000, reviews=400),
+            requests={1: 150, 10: 300}, relay=5000, replay=100_000, growth_steps=5,
+            growth_rate=50, growth_seconds=12)
 QUICK = dict(large=dict(users=2000, courses=200, enrollments=20_000, events=20_000, reviews=2000),
-             small=dict(users=50, courses=10, enrollments=100, events=200, reviews=10),
-             requests={1: 10, 10: 20}, relay=300, replay=2000, growth_steps=3,
+             small=dict(users=50, courses=40, enrollments=500, events=500, reviews=400),
+             requests={1: 10, 10: 20}, relay=500, replay=2000, growth_steps=3,
              growth_rate=30, growth_seconds=3)
 HISTORY = dt.timedelta(days=6)  # the loaded rows' ages: within the default retentions
+
+
+def event_span(sizes, side):
+    """Seconds the side's event log spans: large's spans HISTORY, small's as many events per
+    minute (so "since an hour ago" and the summary's last hour find as much on both)."""
+    return HISTORY.total_seconds() * sizes[side]["events"] / sizes["large"]["events"]
 
 # (key, what); each measured at 1 and 10 clients (p50, p99, req/s)
 REQUESTS = [
@@ -62,7 +69,7 @@ REQUESTS = [
     ("events.user", "GET /api/events?user_id=N"),
     ("events.course", "GET /api/events?course_id=N"),
     ("events.since", "GET /api/events?since=(an hour ago)"),
-    ("events.until", "GET /api/events?until=(three days ago)"),
+    ("events.until", "GET /api/events?until=(the middle of the log)"),
     ("summary", "GET /api/analytics/summary"),
     ("enroll", "POST /api/courses/{id}/enroll"),
 ]
@@ -87,7 +94,7 @@ def token(user_id, role="student"):
 
 # -- bulk load: SQL on the server, no rows through Python -------------------------------------
 
-def load_sql(n):
+def load_sql(n, events_span):
     """The statements that fill one side's databases (``n``: its sizes), by database."""
     users, courses, enrollments = n["users"], n["courses"], n["enrollments"]
     events, reviews = n["events"], n["reviews"]
@@ -160,8 +167,8 @@ def load_sql(n):
             f"INSERT INTO event_log (id, event_id, event_type, routing_key, source, version, "
             f"timestamp, received_at, data, user_id, course_id) "
             f"SELECT i + 1, 'bench-event-' || (i + 1), t.event_type, t.event_type, 'bench', 1, "
-            f"now() - make_interval(secs => {span} * (1 - i::float8 / {events})), "
-            f"now() - make_interval(secs => {span} * (1 - i::float8 / {events})), "
+            f"now() - make_interval(secs => {events_span} * (1 - i::float8 / {events})), "
+            f"now() - make_interval(secs => {events_span} * (1 - i::float8 / {events})), "
             f"json_build_object('user_id', (i % {users}) + 1, 'course_id', (i % {courses}) + 1), "
             f"(i % {users}) + 1, (i % {courses}) + 1 FROM generate_series(0, {events - 1}) i, "
             f"LATERAL (SELECT CASE WHEN i % 100 < 80 THEN 'course.enrolled' "
@@ -188,8 +195,9 @@ def load_sql(n):
 class Side:
     """One copy of the suite: its vhost, databases, services and gateway."""
 
-    def __init__(self, label, sizes, run_name, tmp, settings):
+    def __init__(self, label, sizes, run_name, tmp, settings, events_span):
         self.label, self.n, self.tmp = label, sizes, os.path.join(tmp, label)
+        self.events_span = events_span
         os.makedirs(self.tmp, exist_ok=True)
         self.name = f"{run_name}_{label[0]}"
         self.dbs = Databases("postgresql", self.name, self.tmp)
@@ -205,7 +213,7 @@ class Side:
             upgrade(service, self.dbs.url(service))
         started = time.monotonic()
         conn = None
-        for database, statements in load_sql(self.n).items():
+        for database, statements in load_sql(self.n, self.events_span).items():
             conn = self._connect(database)
             try:
                 for statement in statements:
@@ -237,7 +245,10 @@ class Side:
             "AMQP_URI": self.vhost.amqp_uri, "HEARTBEAT": 15, "max_workers": 10,
             "PREFETCH_COUNT": 20, "RPC_TIMEOUT": 30, "PUBLISH_CONFIRM_TIMEOUT": 10,
             "EVENT_RETRY_DELAYS": [1, 5, 30], "JWT_SECRET": JWT_SECRET, "MAIL_BACKEND": "log",
-            "ENVIRONMENT": "development", "OUTBOX_POLL_INTERVAL": 1, "OUTBOX_BATCH_SIZE": 500,
+            "ENVIRONMENT": "development", "OUTBOX_POLL_INTERVAL": 1,
+            # batches of 100: the relay's rate over several batches (each a read of the unsent
+            # rows and an update), whatever the backlog's size
+            "OUTBOX_BATCH_SIZE": 100,
             "DB_URIS": {f"{s}:Base": self.dbs.url(s) for s in SERVICES},
             # two suites of four services at once on a server with max_connections 100 (shared):
             # 4 kept open each, up to max_workers more for a moment
@@ -289,7 +300,8 @@ class Side:
         admin = {"Authorization": f"Bearer {token(1, 'admin')}"}
         now = dt.datetime.now(dt.timezone.utc)
         since = (now - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
-        until = (now - dt.timedelta(days=3)).isoformat().replace("+00:00", "Z")
+        # the middle of the side's event log: half of it is before
+        until = (now - dt.timedelta(seconds=self.events_span / 2)).isoformat().replace("+00:00", "Z")
         last_page = max(1, -(-n["courses"] // 20))
         student_tokens = {}
 
@@ -349,8 +361,9 @@ class ScaleBench:
                      # the growth phase: sent outbox rows kept 30 s, inbox records the floor (1 h),
                      # aged by the harness (see run_growth); a sweep every 2 s
                      {"OUTBOX_RETENTION": 30, "INBOX_RETENTION": 3600, "RETENTION_INTERVAL": 2,
-                      "RETENTION_BATCH_SIZE": 1000})
-        large = Side("large", self.sizes["large"], self.run_name, self.tmp, {})
+                      "RETENTION_BATCH_SIZE": 1000}, event_span(self.sizes, "small"))
+        large = Side("large", self.sizes["large"], self.run_name, self.tmp, {},
+                     event_span(self.sizes, "large"))
         self.sides = (small, large)
         try:
             for side in self.sides:
@@ -567,7 +580,8 @@ def markdown_section(result):
              f"inbox records, {large['reviews']:,} reviews (loaded in SQL in "
              f"{result['load_seconds']['large']} s). Small: {small['users']} users, "
              f"{small['courses']} courses, {small['enrollments']} enrollments, {small['events']} "
-             f"events. Both suites ran at once; each round measured small then large; a ratio "
+             f"events, {small['reviews']} reviews: as many per user, per course and per minute of "
+             f"the event log as large, so a page holds as many items on both. Both suites ran at once; each round measured small then large; a ratio "
              f"is large / small within a round, the figure its median over "
              f"{result['runs']} rounds. Targets: ratio ≤ {RATIO_TARGET}×, a read's p99 < "
              f"{READ_P99_TARGET_MS:.0f} ms at 1 client.", ""]
