@@ -140,8 +140,6 @@ class Bench:
             "AMQP_URI": self.vhost.amqp_uri, "HEARTBEAT": 15, "max_workers": 10,
             "PREFETCH_COUNT": 20, "RPC_TIMEOUT": 30, "PUBLISH_CONFIRM_TIMEOUT": 10,
             "EVENT_RETRY_DELAYS": [1, 5, 30],
-            # PostgreSQL's max_connections (100 here, shared): 10 per busy service, not 13
-            "DB_POOL_SIZE": 10,
             "LOGGING": {"version": 1, "disable_existing_loggers": False,
                         "handlers": {"console": {"class": "logging.StreamHandler"}},
                         "root": {"level": "WARNING", "handlers": ["console"]}},
@@ -226,7 +224,7 @@ class Bench:
             ("kit_src", "bench.kit_services:KitSource",
              dict(web("kit_src"), DB_URIS={"kit_src:Base": self.db_url("kit_src")},
                   EXTRA_SUBSCRIPTIONS=subscriptions, OUTBOX_POLL_INTERVAL=60,
-                  OUTBOX_BATCH_SIZE=500, DB_POOL_SIZE=4), procs.http_ok(self.urls["kit_src"] + "/")),
+                  OUTBOX_BATCH_SIZE=500, DB_POOL_SIZE=4)  # (max_connections: see NOTES), procs.http_ok(self.urls["kit_src"] + "/")),
             ("kit_sink", "bench.kit_services:KitSink",
              dict(DB_URIS={"kit_sink:Base": self.db_url("kit_sink")},
                   EXTRA_SUBSCRIPTIONS=subscriptions), consumers("kit_sink.handle")),

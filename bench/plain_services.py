@@ -18,9 +18,9 @@ from bench.payload import event_data
 
 SQLITE_ENGINE_OPTIONS = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30,
                          "connect_args": {"check_same_thread": False, "timeout": 30}}
-# On PostgreSQL the pool the harness gives the kit's services (DB_POOL_SIZE), with stock pg8000
-# (three round trips per statement, where the kit's connections make one).
-POSTGRES_ENGINE_OPTIONS = {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True,
+# On PostgreSQL the kit's pool for 10 workers (services/kit/db.py), with stock pg8000 (three
+# round trips per statement, where the kit's connections make one).
+POSTGRES_ENGINE_OPTIONS = {"pool_size": 13, "max_overflow": 10, "pool_pre_ping": True,
                            "pool_timeout": 10}
 
 

@@ -242,7 +242,7 @@ class Side:
 
     def config(self, **extra):
         config = {
-            "AMQP_URI": self.vhost.amqp_uri, "HEARTBEAT": 15, "max_workers": 10,
+            "AMQP_URI": self.vhost.amqp_uri, "HEARTBEAT": 15,
             "PREFETCH_COUNT": 20, "RPC_TIMEOUT": 30, "PUBLISH_CONFIRM_TIMEOUT": 10,
             "EVENT_RETRY_DELAYS": [1, 5, 30], "JWT_SECRET": JWT_SECRET, "MAIL_BACKEND": "log",
             "ENVIRONMENT": "development", "OUTBOX_POLL_INTERVAL": 1,
@@ -250,9 +250,10 @@ class Side:
             # rows and an update), whatever the backlog's size
             "OUTBOX_BATCH_SIZE": 100,
             "DB_URIS": {f"{s}:Base": self.dbs.url(s) for s in SERVICES},
-            # two suites of four services at once on a server with max_connections 100 (shared):
-            # 4 kept open each, up to max_workers more for a moment
-            "DB_POOL_SIZE": 4,
+            # two suites of four services at once on a server with max_connections 100: 4 workers
+            # each (plenty for 2 cores), so the default pool (workers + 3 = 7) covers them all
+            # and no request opens a connection of its own
+            "max_workers": 4,
             "LOGGING": {"version": 1, "disable_existing_loggers": False,
                         "handlers": {"console": {"class": "logging.StreamHandler"}},
                         "root": {"level": "WARNING", "handlers": ["console"]}},
