@@ -496,7 +496,7 @@ class ScaleBench:
             wait_for(lambda: side.dbs.scalar(
                 "course", "SELECT count(*) FROM outbox_events WHERE sent_at IS NULL") == 0,
                 120, "relay")
-            time.sleep(3)  # the consumers' last events
+            self.wait_consumers_idle(side)
             for db in ("notification", "analytics"):
                 side.dbs.engine(db)  # (connect before the update below)
                 conn = side._connect(db)
@@ -518,6 +518,23 @@ class ScaleBench:
                 % (step, ok, sample["total_enrollments"],
                    [sample[f"{db}.{t}.rows"] for db, t in tables],
                    sum(sample[f"{db}.{t}.mb"] for db, t in tables)))
+
+    @staticmethod
+    def wait_consumers_idle(side, timeout=120):
+        """Until notification's and analytics' queues hold nothing, ready or unacknowledged
+        (the management API's counts lag by up to its 5 s refresh: seen empty for 5 s)."""
+        queues = ("notification.confirm_enrollment", "analytics.record_event")
+        deadline = time.monotonic() + timeout
+        empty_since = None
+        while time.monotonic() < deadline:
+            if all((side.vhost.queue(q) or {}).get("messages", 1) == 0 for q in queues):
+                empty_since = empty_since or time.monotonic()
+                if time.monotonic() - empty_since >= 5:
+                    return
+            else:
+                empty_since = None
+            time.sleep(0.5)
+        raise RuntimeError(f"{side.label}: consumers still busy after {timeout} s")
 
     # -- report -------------------------------------------------------------------------------
 
