@@ -224,7 +224,8 @@ class Bench:
             ("kit_src", "bench.kit_services:KitSource",
              dict(web("kit_src"), DB_URIS={"kit_src:Base": self.db_url("kit_src")},
                   EXTRA_SUBSCRIPTIONS=subscriptions, OUTBOX_POLL_INTERVAL=60,
-                  OUTBOX_BATCH_SIZE=500, DB_POOL_SIZE=4)  # (max_connections: see NOTES), procs.http_ok(self.urls["kit_src"] + "/")),
+                  OUTBOX_BATCH_SIZE=500, DB_POOL_SIZE=4),  # (max_connections: bench/NOTES.md)
+             procs.http_ok(self.urls["kit_src"] + "/")),
             ("kit_sink", "bench.kit_services:KitSink",
              dict(DB_URIS={"kit_sink:Base": self.db_url("kit_sink")},
                   EXTRA_SUBSCRIPTIONS=subscriptions), consumers("kit_sink.handle")),
