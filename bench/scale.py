@@ -372,7 +372,8 @@ class ScaleBench:
                 side.prepare()
             for side in self.sides:
                 side.start()
-            log("both suites up")
+            self.load_at_first_round = [round(x, 2) for x in os.getloadavg()]
+            log(f"both suites up; load average {self.load_at_first_round}")
             for round_ in range(1, self.args.runs + 1):
                 log(f"round {round_}/{self.args.runs}")
                 self.run_requests(round_)
@@ -545,7 +546,8 @@ class ScaleBench:
                 "machine": machine("postgresql"), "sizes": self.sizes,
                 "loaded_rows": {side.label: side.rows for side in self.sides},
                 "load_seconds": {side.label: round(side.load_seconds, 1) for side in self.sides},
-                "values": self.values, "medians": medians, "growth": self.growth}
+                "values": self.values, "medians": medians, "growth": self.growth,
+                "load_average_at_first_round": self.load_at_first_round}
 
 
 def parse_datetime(value):
@@ -602,7 +604,8 @@ def markdown_section(result):
              f"the event log as large, so a page holds as many items on both. Both suites ran at once; each round measured small then large; a ratio "
              f"is large / small within a round, the figure its median over "
              f"{result['runs']} rounds. Targets: ratio ≤ {RATIO_TARGET}×, a read's p99 < "
-             f"{READ_P99_TARGET_MS:.0f} ms at 1 client.", ""]
+             f"{READ_P99_TARGET_MS:.0f} ms at 1 client. Load average when the first round "
+             f"started (after the bulk load): {result.get('load_average_at_first_round')}.", ""]
     for clients in sizes["requests"]:
         clients = int(clients)
         lines += [f"### Requests, {clients} client{'s' if clients > 1 else ''} (ms)", "",
