@@ -79,3 +79,16 @@ def test_copy_from_a_stream_still_works(engine):
         assert cursor.fetchone()[0] == 2
     finally:
         raw.close()
+
+
+def test_cached_placeholder_rewrite_gives_pg8000s_answers(engine):
+    from pg8000.dbapi import convert_paramstyle as stock
+    statement = "SELECT '%%s', %s::INTEGER, '%%' || %s -- %s\n, %s"
+    args = (1, "x", 2)
+    assert pg.convert_paramstyle("format", statement, args) == stock("format", statement, args)
+    assert pg.convert_paramstyle("named", "SELECT :a, :b, :a", {"a": 1, "b": 2}) == \
+        stock("named", "SELECT :a, :b, :a", {"a": 1, "b": 2})
+    with engine.connect() as conn:  # through SQLAlchemy, twice (the second from the cache)
+        for _ in range(2):
+            assert conn.execute(text("SELECT CAST(:a AS integer) + 1, '100%'"),
+                                {"a": 41}).one() == (42, "100%")
