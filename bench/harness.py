@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import socket
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -23,10 +22,12 @@ from importlib import metadata
 import jwt
 import psutil
 import requests
-from sqlalchemy import create_engine, insert
+from sqlalchemy import insert
 
 from bench import ceiling, procs
+from bench.dbs import Databases
 from bench.load import closed_loop, open_loop, percentile
+from services.kit.db import normalize_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -34,6 +35,10 @@ JWT_SECRET = "bench-only-secret-0123456789-0123456789-abcdefgh"
 COURSES = 20
 ANALYTICS_QUEUE = "analytics.record_event"
 PHASES = ("ceiling", "nameko", "kit", "enrollments", "steady")  # in this order, each run
+DATABASES = ("kit_src", "kit_sink", "kit_batch_sink", "naive_course", "naive_notification",
+             "course", "notification")
+# where each kind of run writes its figures (in OUT); results.md shows every one present
+RESULT_FILES = {"sqlite": "results.json", "postgresql": "results-postgresql.json"}
 
 FULL = dict(pika_pub=20000, pika_each=2000, nameko_events=2000, http_rpc=2000,
             kit_relay=10000, kit_e2e=5000, enroll={1: 300, 10: 1000, 50: 1500},
@@ -109,6 +114,7 @@ def wait_for(predicate, timeout, what):
 class Bench:
     def __init__(self, args):
         self.args = args
+        self.run_name = f"kn_bench_{uuid.uuid4().hex[:10]}"
         self.sizes = QUICK if args.quick else FULL
         self.values = {key: [] for key in ROW_KEYS}
         self.tmp = tempfile.mkdtemp(prefix="kn-bench-")
@@ -123,7 +129,11 @@ class Bench:
     # -- set up ---------------------------------------------------------------------------
 
     def db_url(self, name):
-        return f"sqlite:///{os.path.join(self.tmp, name)}.db"
+        return self.dbs.url(name)
+
+    def naive_db_url(self, name):
+        # nameko-sqlalchemy's own engine: plain postgresql:// would mean psycopg2
+        return normalize_url(self.db_url(name)).render_as_string(hide_password=False)
 
     def base_config(self, **extra):
         config = {
@@ -140,11 +150,11 @@ class Bench:
     def prepare_databases(self):
         from bench import kit_services, plain_services
         from services.kit.migrations import upgrade
+        self.dbs.create(*DATABASES, synchronous_commit=self.args.synchronous_commit)
         for name in ("kit_src", "kit_sink", "kit_batch_sink"):
-            kit_services.Base.metadata.create_all(create_engine(self.db_url(name)))
-        plain_services.NaiveNotifyBase.metadata.create_all(
-            create_engine(self.db_url("naive_notification")))
-        engine = create_engine(self.db_url("naive_course"))
+            kit_services.Base.metadata.create_all(self.dbs.engine(name))
+        plain_services.NaiveNotifyBase.metadata.create_all(self.dbs.engine("naive_notification"))
+        engine = self.dbs.engine("naive_course")
         plain_services.NaiveBase.metadata.create_all(engine)
         with engine.begin() as conn:
             conn.execute(insert(plain_services.NaiveCourse), [
@@ -155,12 +165,12 @@ class Bench:
         from services.course.models import Course
         from services.notification.models import Contact
         from services.notification.models import Course as KnownCourse
-        with create_engine(self.db_url("course")).begin() as conn:
+        with self.dbs.engine("course").begin() as conn:
             conn.execute(insert(Course), [
                 {"id": i, "title": f"Bench course {i}", "description": "bench",
                  "instructor_id": 1} for i in range(1, COURSES + 1)])
         users = self.pair_users_needed()
-        with create_engine(self.db_url("notification")).begin() as conn:
+        with self.dbs.engine("notification").begin() as conn:
             conn.execute(insert(Contact), [
                 {"user_id": u, "email": f"u{u}@bench.invalid", "name": f"User {u}"}
                 for u in list(range(1, users + 1))
@@ -202,11 +212,11 @@ class Bench:
              consumers("evt-plain_src-bench.event--plain_sink.handle")),
             ("plain_echo", "bench.plain_services:PlainEcho", {}, consumers("rpc-plain_echo")),
             ("naive_course", "bench.plain_services:NaiveCourseService",
-             {"DB_URIS": {"naive_course:NaiveBase": self.db_url("naive_course")}},
+             {"DB_URIS": {"naive_course:NaiveBase": self.naive_db_url("naive_course")}},
              consumers("rpc-naive_course")),
             ("naive_notification", "bench.plain_services:NaiveNotificationService",
              {"DB_URIS": {"naive_notification:NaiveNotifyBase":
-                          self.db_url("naive_notification")}},
+                          self.naive_db_url("naive_notification")}},
              consumers("evt-naive_course-course.enrolled--naive_notification."
                        "confirm_enrollment")),
             ("plain_web", "bench.plain_services:PlainWeb", web("plain_web"),
@@ -214,13 +224,14 @@ class Bench:
             ("kit_src", "bench.kit_services:KitSource",
              dict(web("kit_src"), DB_URIS={"kit_src:Base": self.db_url("kit_src")},
                   EXTRA_SUBSCRIPTIONS=subscriptions, OUTBOX_POLL_INTERVAL=60,
-                  OUTBOX_BATCH_SIZE=500), procs.http_ok(self.urls["kit_src"] + "/")),
+                  OUTBOX_BATCH_SIZE=500, DB_POOL_SIZE=4),  # (max_connections: bench/NOTES.md)
+             procs.http_ok(self.urls["kit_src"] + "/")),
             ("kit_sink", "bench.kit_services:KitSink",
              dict(DB_URIS={"kit_sink:Base": self.db_url("kit_sink")},
                   EXTRA_SUBSCRIPTIONS=subscriptions), consumers("kit_sink.handle")),
             ("kit_batch_sink", "bench.kit_services:KitBatchSink",
              dict(DB_URIS={"kit_batch_sink:Base": self.db_url("kit_batch_sink")},
-                  EXTRA_SUBSCRIPTIONS=subscriptions), consumers("kit_batch_sink.handle")),
+                  EXTRA_SUBSCRIPTIONS=subscriptions, DB_POOL_SIZE=4), consumers("kit_batch_sink.handle")),
             ("course", "services.course.service", suite, consumers("rpc-course")),
             ("notification", "services.notification.service", suite,
              consumers("notification.confirm_enrollment")),
@@ -261,12 +272,10 @@ class Bench:
         return index // COURSES + 1, index % COURSES + 1  # (user, course)
 
     def notifications(self):
-        with sqlite3.connect(os.path.join(self.tmp, "notification.db"), timeout=30) as conn:
-            return conn.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+        return self.dbs.scalar("notification", "SELECT COUNT(*) FROM notifications")
 
     def naive_notifications(self):
-        with sqlite3.connect(os.path.join(self.tmp, "naive_notification.db"), timeout=30) as conn:
-            return conn.execute("SELECT COUNT(*) FROM notifications").fetchone()[0]
+        return self.dbs.scalar("naive_notification", "SELECT COUNT(*) FROM notifications")
 
     def wait_notifications(self, expected, timeout=120):
         wait_for(lambda: self.notifications() >= expected, timeout,
@@ -327,8 +336,7 @@ class Bench:
     # -- 3. kit ---------------------------------------------------------------------------
 
     def kit_db(self, name, sql):
-        with sqlite3.connect(os.path.join(self.tmp, f"{name}.db"), timeout=30) as conn:
-            return conn.execute(sql).fetchall()
+        return self.dbs.query(name, sql)
 
     def kit_dispatch(self, event_type, n):
         before = self.kit_db("kit_src", "SELECT COALESCE(MAX(id), 0) FROM outbox_events")[0][0]
@@ -362,8 +370,8 @@ class Bench:
             answer, last_sent = self.kit_dispatch(event_type, n)
             wait_for(lambda: self.kit_db(sink, "SELECT COUNT(*) FROM received")[0][0]
                      >= before + n, 300, f"{sink}: events handled")
-        times = [parse_time(row[0]) for row in self.kit_db(
-            sink, f"SELECT processed_at FROM inbox_records ORDER BY rowid LIMIT -1 OFFSET {before}")]
+        times = sorted(parse_time(row[0]) for row in self.kit_db(
+            sink, "SELECT processed_at FROM inbox_records"))[before:]
         first, last = min(times), max(times)
         # events handled after the first commit, over the time since: a batch's records share
         # one timestamp, so the first batch counts as the start, not as work done
@@ -437,10 +445,9 @@ class Bench:
             results = open_loop(self.urls["gateway"], rate, count, make)
             self.wait_notifications(before + sum(1 for r in results if r[2] == 201))
         sent = {first_user + index: when for index, when, status in results if status == 201}
-        with sqlite3.connect(os.path.join(self.tmp, "notification.db")) as conn:
-            rows = conn.execute(
-                "SELECT user_id, created_at FROM notifications WHERE user_id >= ? AND user_id < ?",
-                (first_user, first_user + count)).fetchall()
+        rows = self.dbs.query(
+            "notification", "SELECT user_id, created_at FROM notifications "
+            "WHERE user_id >= :first AND user_id < :end", first=first_user, end=first_user + count)
         latencies = [1000.0 * (parse_time(created) - sent[user]) for user, created in rows
                      if user in sent]
         span = max(r[1] for r in results) - min(r[1] for r in results)
@@ -454,12 +461,14 @@ class Bench:
 
     def run(self):
         started = time.time()
-        name = f"kn_bench_{uuid.uuid4().hex[:10]}"
+        name = self.run_name
+        self.dbs = Databases(self.args.db, name, self.tmp)
         with procs.Vhost(name) as self.vhost:
-            self.log(f"vhost {name}, databases in {self.tmp}; {'quick' if self.args.quick else 'full'} "
+            where = self.tmp if self.args.db == "sqlite" else f"PostgreSQL databases {name}_*"
+            self.log(f"vhost {name}, databases: {where}; {'quick' if self.args.quick else 'full'} "
                      f"mode, {self.args.runs} runs")
-            self.prepare_databases()
             try:
+                self.prepare_databases()
                 self.start_services()
                 self.meter = procs.Meter(self.services)
                 self.meter.start()
@@ -475,6 +484,7 @@ class Bench:
                     service.terminate()
                 for service in self.services:
                     service.stop()
+                self.dbs.drop_all()
         self.elapsed = time.time() - started
         shutil.rmtree(self.tmp, ignore_errors=True)  # kept when the run failed: its logs say why
         return self.report()
@@ -482,21 +492,7 @@ class Bench:
     # -- report ---------------------------------------------------------------------------
 
     def machine(self):
-        def version(package):
-            try:
-                return metadata.version(package)
-            except metadata.PackageNotFoundError:
-                return "not installed"
-        return {
-            "cores": psutil.cpu_count(logical=True),
-            "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "nameko": version("nameko"), "kombu": version("kombu"),
-            "eventlet": version("eventlet"), "pika": version("pika"),
-            "sqlalchemy": version("sqlalchemy"), "rabbitmq": procs.broker_version(),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        }
+        return machine(self.args.db)
 
     def report(self):
         rows = []
@@ -510,10 +506,47 @@ class Bench:
         phases = {phase: {label: round(statistics.median(v), 1) for label, v in by.items()}
                   for phase, by in self.meter.phases.items()}
         result = {"mode": "quick" if self.args.quick else "full", "runs": self.args.runs,
+                  "database": self.args.db,
+                  "synchronous_commit": self.args.synchronous_commit or "server default",
                   "seconds": round(self.elapsed, 1), "machine": self.machine(), "rows": rows,
                   "processes": processes, "cpu_percent_by_phase": phases,
                   "sizes": {k: v for k, v in self.sizes.items()}}
         return result
+
+
+def postgres_version():
+    from bench.dbs import admin_connection
+    try:
+        conn = admin_connection()
+        try:
+            return conn.run("SHOW server_version")[0][0]
+        finally:
+            conn.close()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def machine(database="sqlite"):
+    def version(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    info = {
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "nameko": version("nameko"), "kombu": version("kombu"),
+        "eventlet": version("eventlet"), "pika": version("pika"),
+        "sqlalchemy": version("sqlalchemy"), "rabbitmq": procs.broker_version(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    if database == "postgresql":
+        info["postgresql"] = postgres_version()
+        info["pg8000"] = version("pg8000")
+    return info
 
 
 def fmt(value, unit):
@@ -523,37 +556,50 @@ def fmt(value, unit):
         return f"{value:.2f}×"
     if unit == "ms":
         return f"{value:.1f}"
+    if unit == "MB":
+        return f"{value:,.1f}"
     return f"{value:,.0f}"
 
 
-def markdown(result, notes=""):
+def run_header(result, command):
     m = result["machine"]
-    lines = [
-        "# KnowledgeNest benchmarks",
-        "",
-        f"`make bench` ({result['mode']} mode, {result['runs']} runs, {result['seconds']} s), "
-        f"{m['date']}. Machine: {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, "
-        f"nameko {m['nameko']}, kombu {m['kombu']}, eventlet {m['eventlet']}, pika {m['pika']}, "
-        f"SQLAlchemy {m['sqlalchemy']}, RabbitMQ {m['rabbitmq']}; load average at the end "
-        f"{m['load_average_at_end']}.",
-        "",
-        "Every figure is the median of the runs (each run's value in results.json); every ratio is "
-        "computed within one run, then its median taken. Databases: SQLite (WAL) in a temp dir; "
-        "broker: the local RabbitMQ, a throwaway vhost.",
-        "",
-    ]
-    if notes:
-        lines += [notes, ""]
-    lines += ["| section | measure | median | unit | target | met |", "|---|---|---:|---|---|---|"]
+    db = ""
+    if m.get("postgresql"):
+        db = f", PostgreSQL {m['postgresql']} (pg8000 {m.get('pg8000')})"
+    return (f"`{command}` ({result['mode']} mode, {result['runs']} runs, {result['seconds']} s), "
+            f"{m['date']}. Machine: {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, "
+            f"nameko {m['nameko']}, kombu {m['kombu']}, eventlet {m['eventlet']}, "
+            f"SQLAlchemy {m['sqlalchemy']}, RabbitMQ {m['rabbitmq']}{db}; load average at the "
+            f"start {m.get('load_average_at_start', '?')}, at the end {m['load_average_at_end']}.")
+
+
+SECTION_TITLES = {"sqlite": ("SQLite", "make bench"),
+                  "postgresql": ("PostgreSQL", "make bench BENCH_DB=postgresql")}
+
+
+def markdown_section(result):
+    """One database's run of ``make bench``: its table, memory and CPU."""
+    database = result.get("database", "sqlite")
+    title, command = SECTION_TITLES[database]
+    if result.get("synchronous_commit") == "off":
+        title, command = (f"{title} with synchronous_commit = off (a comparison, not a setting)",
+                          f"{command} BENCH_ARGS=--synchronous-commit=off")
+    where = ("SQLite (WAL) in a temp dir" if database == "sqlite" else
+             "throwaway PostgreSQL databases on the local server (dropped after)")
+    lines = [f"## `make bench` on {title}", "", run_header(result, command), "",
+             "Every figure is the median of the runs (each run's value in the JSON); every ratio is "
+             f"computed within one run, then its median taken. Databases: {where}; broker: the "
+             "local RabbitMQ, a throwaway vhost.", "",
+             "| section | measure | median | unit | target | met |", "|---|---|---:|---|---|---|"]
     for row in result["rows"]:
         met = {None: "", True: "yes", False: "**no**"}[row["met"]]
         lines.append(f"| {row['section']} | {row['what']} | {fmt(row['median'], row['unit'])} | "
                      f"{row['unit']} | {row['target']} | {met} |")
-    lines += ["", "## Processes: peak memory", "", "| process | peak RSS (MB) |", "|---|---:|"]
+    lines += ["", f"### {title}: peak memory", "", "| process | peak RSS (MB) |", "|---|---:|"]
     for label, info in result["processes"].items():
         lines.append(f"| {label} | {info['peak_rss_mb']} |")
-    lines += ["", "## CPU per phase (% of one core, median over runs; processes above 1%)", "",
-              "| phase | CPU by process |", "|---|---|"]
+    lines += ["", f"### {title}: CPU per phase (% of one core, median over runs; processes above "
+              "1%)", "", "| phase | CPU by process |", "|---|---|"]
     for phase, by in result["cpu_percent_by_phase"].items():
         busy = ", ".join(f"{label} {value:.0f}%" for label, value in
                          sorted(by.items(), key=lambda kv: -kv[1]) if value >= 1)
@@ -569,10 +615,18 @@ def check_complete(result):
 
 
 def main(argv=None):
+    from bench import report
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (at least 3)")
-    parser.add_argument("--out", help="where results.md and results.json go (default bench/)")
+    parser.add_argument("--db", choices=sorted(RESULT_FILES),
+                        default=os.environ.get("BENCH_DB") or "sqlite",
+                        help="the services' databases (default BENCH_DB, else sqlite)")
+    parser.add_argument("--synchronous-commit", choices=("on", "off"),
+                        help="PostgreSQL only: set on the run's databases (the server's own "
+                             "setting otherwise; bench/NOTES.md says what off trades away); its "
+                             "figures go to results-postgresql-sync-off.json")
+    parser.add_argument("--out", help="where results.md and the JSON go (default bench/)")
     parser.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"),
                         help="markdown put under the header of results.md (if it exists)")
     parser.add_argument("--profile", action="append", default=[], metavar="SERVICE",
@@ -583,7 +637,7 @@ def main(argv=None):
                         help="run only these phases (of %s); a partial run is printed, not "
                              "written, unless --out is given" % ", ".join(PHASES))
     parser.add_argument("--render", action="store_true",
-                        help="only rewrite OUT/results.md from OUT/results.json (and the notes)")
+                        help="only rewrite OUT/results.md from the JSON files there (and the notes)")
     args = parser.parse_args(argv)
     args.runs = max(3, args.runs)
     args.only = [phase.strip() for phase in args.only.split(",") if phase.strip()]
@@ -594,22 +648,17 @@ def main(argv=None):
     if args.out is None and (args.render or not partial):
         args.out = HERE
     if args.render:
-        with open(os.path.join(args.out, "results.json")) as source:
-            result = json.load(source)
-    else:
-        result = Bench(args).run()
-    notes = ""
-    if args.notes and os.path.exists(args.notes):
-        with open(args.notes) as notes_file:
-            notes = notes_file.read().strip()
-    text = markdown(result, notes)
+        print(report.write(args.out, args.notes))
+        return 0
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    result = Bench(args).run()
+    result["machine"]["load_average_at_start"] = load_at_start
     if args.out is not None:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as out:
-            out.write(procs.dump(result) + "\n")
-        with open(os.path.join(args.out, "results.md"), "w") as out:
-            out.write(text)
-    print(text)
+        filename = RESULT_FILES[args.db]
+        if args.synchronous_commit == "off":
+            filename = filename.replace(".json", "-sync-off.json")
+        report.save(args.out, filename, result, args.notes)
+    print(markdown_section(result))
     if partial:
         return 0
     missing = check_complete(result)

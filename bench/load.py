@@ -17,11 +17,12 @@ class _Client:
         self.base_url = base_url
         self.conn = _connection(base_url)
 
-    def send(self, method, path, headers):
+    def send(self, method, path, headers, body=b""):
         try:
-            self.conn.request(method, path, body=b"", headers=headers)
+            self.conn.request(method, path, body=body, headers=headers)
             response = self.conn.getresponse()
-            response.read()
+            self.last_body = response.read()
+            self.last_headers = response.headers
             return response.status
         except (OSError, http.client.HTTPException):
             self.conn.close()

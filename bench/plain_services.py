@@ -18,6 +18,10 @@ from bench.payload import event_data
 
 SQLITE_ENGINE_OPTIONS = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30,
                          "connect_args": {"check_same_thread": False, "timeout": 30}}
+# On PostgreSQL the kit's pool for 10 workers (services/kit/db.py), with stock pg8000 (three
+# round trips per statement, where the kit's connections make one).
+POSTGRES_ENGINE_OPTIONS = {"pool_size": 13, "max_overflow": 10, "pool_pre_ping": True,
+                           "pool_timeout": 10}
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -29,9 +33,15 @@ def _sqlite_pragmas(dbapi_connection, _record):
 
 
 class WalDatabaseSession(DatabaseSession):
+    """nameko-sqlalchemy's session; on SQLite with the kit's settings (one connection, WAL)."""
+
     def setup(self):
+        uri = next(iter(self.container.config["DB_URIS"].values()))
+        sqlite = uri.startswith("sqlite")
+        self.engine_options = SQLITE_ENGINE_OPTIONS if sqlite else POSTGRES_ENGINE_OPTIONS
         super().setup()
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
 
 
 class NaiveBase(DeclarativeBase):
@@ -112,7 +122,7 @@ class PlainEcho:
 class NaiveCourseService:
     """The enrollment, naively: commit, then nameko's dispatch (lost if the broker is away)."""
     name = "naive_course"
-    session = WalDatabaseSession(NaiveBase, engine_options=SQLITE_ENGINE_OPTIONS)
+    session = WalDatabaseSession(NaiveBase)
     dispatch = EventDispatcher()
 
     @rpc
@@ -153,7 +163,7 @@ class NaiveNotificationService:
     a redelivery stores it twice). Runs during the naive phases as notification does during ours,
     so that both sides do the whole job on the same 2 cores."""
     name = "naive_notification"
-    session = WalDatabaseSession(NaiveNotifyBase, engine_options=SQLITE_ENGINE_OPTIONS)
+    session = WalDatabaseSession(NaiveNotifyBase)
 
     @event_handler("naive_course", "course.enrolled")
     def confirm_enrollment(self, payload):

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from services.kit import pg
 from services.kit.errors import ServiceUnavailable
 
 # SQLite wants INTEGER PRIMARY KEY for an auto-incrementing id; PostgreSQL gets a BIGINT.
@@ -93,15 +94,26 @@ def normalize_url(uri):
     return url
 
 
-def engine_options(url):
+# Connections a service holds besides its workers': the outbox relay, the retention sweep and
+# one more background loop (notification's mail sender, a gateway's feed).
+BACKGROUND_CONNECTIONS = 3
+POOL_SIZE_CONFIG_KEY = "DB_POOL_SIZE"  # 0 or absent: max_workers + BACKGROUND_CONNECTIONS
+
+
+def engine_options(url, max_workers=10, pool_size=0):
     if url.get_backend_name() == "sqlite":
         # One connection per process: greenthreads queue for it cooperatively. Two SQLite
         # connections writing at once would make one spin in SQLite's C busy handler, which
         # blocks every greenthread (including the one holding the lock).
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30,
                 "connect_args": {"check_same_thread": False, "timeout": 30}}
-    # pre-ping: a database that went away and came back costs one failed request, not all
-    return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True, "pool_timeout": 10}
+    # Kept open: one per worker (max_workers) and per background loop, so that a busy service
+    # never opens and closes an overflow connection per request (a PostgreSQL connection costs
+    # a few ms to open); the overflow is for a worker's second, short session (the inbox check
+    # of a redelivered event). pre-ping: a database that went away and came back costs one
+    # failed request, not all.
+    return {"pool_size": pool_size or max_workers + BACKGROUND_CONNECTIONS,
+            "max_overflow": max_workers, "pool_pre_ping": True, "pool_timeout": 10}
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -112,16 +124,18 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
-def create_engine_for(uri, **overrides):
+def create_engine_for(uri, max_workers=10, pool_size=0, **overrides):
     """The engine a service uses for ``uri``; also used by migrations and the CLI."""
     url = normalize_url(uri)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
-    options = engine_options(url)
+    options = engine_options(url, max_workers, pool_size)
     options.update(overrides)
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif url.drivername == "postgresql+pg8000":
+        event.listen(engine, "do_connect", pg.connect)  # one round trip per statement
     return engine
 
 
@@ -149,7 +163,10 @@ class Database(nameko_sqlalchemy.Database):
         service_name = self.container.service_name
         self.db_uri = database_uri(self.container.config, service_name,
                                    self.declarative_base.__name__)
-        self.engine = create_engine_for(self.db_uri, **self.engine_options)
+        config = self.container.config
+        self.engine = create_engine_for(self.db_uri, int(config.get("max_workers", 10)),
+                                        int(config.get(POOL_SIZE_CONFIG_KEY) or 0),
+                                        **self.engine_options)
         self.Session = nameko_sqlalchemy.database.sessionmaker(
             bind=self.engine, class_=nameko_sqlalchemy.database.Session, **self.session_options)
 

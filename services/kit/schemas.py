@@ -7,12 +7,15 @@ from datetime import timezone
 
 import marshmallow
 from marshmallow import Schema, fields, validate
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
 
 from services.kit.errors import ValidationError
 
 MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 20
+# Pages reach the first MAX_PAGE_DEPTH items of a list: a page's OFFSET makes the database step
+# over every item before it, so a deeper page would cost in proportion to its depth.
+MAX_PAGE_DEPTH = 10_000
 
 
 class UtcDateTime(fields.DateTime):
@@ -45,12 +48,25 @@ class PageArgs(StrictSchema):
                               validate=validate.Range(min=1, max=MAX_PER_PAGE), strict=True)
 
 
-def page_of(session, query, page, per_page, schema):
-    """One page of ``query`` (a select() with its order) dumped with ``schema``, and the total."""
+def page_of(session, query, page, per_page, schema, count_limit=None):
+    """One page of ``query`` (a select() with its order) dumped with ``schema``, and the total.
+
+    A page must start within the first MAX_PAGE_DEPTH items. With ``count_limit`` the total
+    counts at most that many (for lists that grow without bound: counting all of them would
+    cost in proportion to the table).
+    """
     args = PageArgs().load_or_raise({"page": page, "per_page": per_page})
     page, per_page = args["page"], args["per_page"]
-    total = session.execute(select(func.count()).select_from(query.order_by(None).subquery())
-                            ).scalar_one()
+    if (page - 1) * per_page >= MAX_PAGE_DEPTH:
+        raise ValidationError("invalid input", {"page": [
+            f"Pages reach the first {MAX_PAGE_DEPTH:,} items; this one starts at item "
+            f"{(page - 1) * per_page + 1:,}. Narrow the list (its filters) instead."]})
+    # SELECT 1: the count can be answered from an index alone
+    counted = query.order_by(None).with_only_columns(literal_column("1"),
+                                                     maintain_column_froms=True)
+    if count_limit is not None:
+        counted = counted.limit(count_limit)
+    total = session.execute(select(func.count()).select_from(counted.subquery())).scalar_one()
     items = session.execute(query.limit(per_page).offset((page - 1) * per_page)).scalars().all()
     return {"items": schema.dump(items, many=True), "page": page, "per_page": per_page,
             "total": total}

@@ -40,3 +40,76 @@ def test_quick_harness_fills_every_row(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     for row in rows.values():
         assert row["what"] in markdown
+
+
+@pytest.mark.bench
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_quick_harness_on_postgresql_fills_every_row(tmp_path):
+    completed = processes.run(
+        [sys.executable, "-m", "bench", "--quick", "--db", "postgresql", "--out", str(tmp_path),
+         "--notes", ""], cwd=ROOT, timeout=410)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    import json
+    result = json.loads((tmp_path / "results-postgresql.json").read_text())
+    assert result["database"] == "postgresql" and result["machine"]["postgresql"] != "unknown"
+    rows = {row["key"]: row for row in result["rows"]}
+    assert list(rows) == ROW_KEYS
+    for key, row in rows.items():
+        assert len(row["runs"]) >= 3 and all(value > 0 for value in row["runs"]), (key, row)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## `make bench` on PostgreSQL" in markdown
+    assert not (tmp_path / "results.json").exists()  # SQLite's figures are not touched
+
+
+@pytest.mark.bench
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_quick_data_scale_measures_every_request_on_both_sides(tmp_path):
+    from bench import scale
+    completed = processes.run(
+        [sys.executable, "-m", "bench.scale", "--quick", "--out", str(tmp_path), "--notes", ""],
+        cwd=ROOT, timeout=880)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    import json
+    result = json.loads((tmp_path / "results-scale.json").read_text())
+    assert scale.check_complete(result) == []
+    for key in ("courses.first.c1.ratio", "relay.large", "replay.large"):
+        assert len(result["values"][key]) >= 3, key
+    large = result["loaded_rows"]["large"]
+    assert large["course"]["outbox_events"] >= scale.QUICK["large"]["enrollments"]
+    assert large["analytics"]["event_log"] == scale.QUICK["large"]["events"]
+    # bounded growth: the sweep deleted the inbox records of every step before the last one (rows,
+    # not bytes: those depend on autovacuum)
+    growth = result["growth"]
+    assert len(growth) == scale.QUICK["growth_steps"]
+    assert growth[-1]["total_enrollments"] > growth[0]["total_enrollments"]
+    for db in ("notification", "analytics"):
+        assert growth[-1][f"{db}.inbox_records.rows"] <= growth[-1]["enrollments"], db
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Data scale" in markdown and "### Bounded growth" in markdown
+    for _, what in scale.REQUESTS:
+        assert what in markdown
+
+
+@pytest.mark.bench
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_quick_login_burst_counts_every_answer(tmp_path):
+    from bench import burst
+    completed = processes.run(
+        [sys.executable, "-m", "bench.burst", "--quick", "--out", str(tmp_path), "--notes", ""],
+        cwd=ROOT, timeout=290)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    import json
+    result = json.loads((tmp_path / "results-burst.json").read_text())
+    assert burst.check_complete(result) == []
+    for clients, each in burst.QUICK["levels"].items():
+        for run in range(3):
+            answered = sum(result["values"][f"c{clients}.{kind}"][run]
+                           for kind in ("ok", "busy", "other"))
+            assert answered == clients * each  # every login answered, none lost
+    assert "## Bursts of logins" in (tmp_path / "results.md").read_text()

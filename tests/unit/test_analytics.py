@@ -361,3 +361,19 @@ def test_replay_command_line():
 def test_a_long_source_is_kept_whole(session):
     record_all(session, [event("user.registered", {"user_id": 1}, source="s" * 1000)])
     assert commands.list_events(session)["items"][0]["source"] == "s" * 1000
+
+
+def test_event_totals_count_up_to_the_limit_and_pages_stop_at_the_depth_cap(session, monkeypatch):
+    record_all(session, [event("course.enrolled", {"user_id": 1, "course_id": n},
+                               at=T0 + timedelta(seconds=n), event_id=f"e{n}")
+                         for n in range(12)])
+    assert commands.list_events(session)["total"] == 12
+    monkeypatch.setattr(commands, "EVENT_COUNT_LIMIT", 5)
+    page = commands.list_events(session, per_page=4, page=3)
+    assert page["total"] == 5  # "at least 5"
+    assert [item["data"]["course_id"] for item in page["items"]] == [3, 2, 1, 0]  # still all
+    monkeypatch.setattr("services.kit.schemas.MAX_PAGE_DEPTH", 8)
+    assert len(commands.list_events(session, per_page=4, page=2)["items"]) == 4
+    with pytest.raises(ValidationError) as refused:
+        commands.list_events(session, per_page=4, page=3)  # starts at item 9
+    assert "page" in refused.value.fields

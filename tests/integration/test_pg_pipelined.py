@@ -1,0 +1,94 @@
+"""The kit's pg8000 connections (services/kit/pg.py): one round trip per statement, and the same
+answers and errors as pg8000's own three, on the real server."""
+import io
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+from services.kit import pg
+from services.kit.db import create_engine_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine(make_database_url):
+    engine = create_engine_for(make_database_url("postgresql"), pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def count_flushes(dbapi_connection):
+    """How many times the connection sends what it buffered: once per round trip."""
+    sock = dbapi_connection._sock
+    counter = {"flushes": 0}
+    flush = sock.flush
+
+    def counting_flush():
+        counter["flushes"] += 1
+        return flush()
+    sock.flush = counting_flush
+    return counter
+
+
+def test_statements_answer_as_before_in_one_round_trip(engine):
+    with engine.connect() as conn:
+        assert isinstance(conn.connection.dbapi_connection, pg.PipelinedConnection)
+        conn.execute(text("CREATE TABLE t (id integer PRIMARY KEY, name text, seen timestamptz)"))
+        conn.commit()
+        counter = count_flushes(conn.connection.dbapi_connection)
+        conn.execute(text("INSERT INTO t VALUES (:id, :name, now())"), {"id": 1, "name": "ä"})
+        row = conn.execute(text("SELECT id, name, seen IS NOT NULL FROM t WHERE id = :id"),
+                           {"id": 1}).one()
+        assert tuple(row) == (1, "ä", True)
+        # BEGIN, the insert, the select: one round trip each (pg8000's own: 1 + 3 + 3)
+        assert counter["flushes"] == 3
+        conn.commit()
+        assert conn.execute(text("SELECT count(*) FROM t WHERE id > :id"), {"id": 5}).scalar() == 0
+
+
+def test_errors_leave_the_connection_usable(engine):
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE t (id integer PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO t VALUES (:id)"), {"id": 1})
+        conn.commit()
+        with pytest.raises(IntegrityError):
+            conn.execute(text("INSERT INTO t VALUES (:id)"), {"id": 1})
+        conn.rollback()
+        with pytest.raises(ProgrammingError):
+            conn.execute(text("SELECT nope FROM t WHERE id = :id"), {"id": 1})
+        conn.rollback()
+        assert conn.execute(text("SELECT id FROM t WHERE id = :id"), {"id": 1}).scalar() == 1
+        # a rolled back insert is gone
+        conn.execute(text("INSERT INTO t VALUES (:id)"), {"id": 2})
+        conn.rollback()
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+
+
+def test_copy_from_a_stream_still_works(engine):
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("CREATE TABLE t (id integer, name text)")
+        cursor.execute("COPY t FROM STDIN WITH (FORMAT csv)", stream=io.BytesIO(b"1,a\n2,b\n"))
+        cursor.execute("SELECT name FROM t WHERE id = %s", (2,))
+        assert [list(row) for row in cursor.fetchall()] == [["b"]]
+        raw.commit()
+        cursor.execute("SELECT count(*) FROM t")
+        assert cursor.fetchone()[0] == 2
+    finally:
+        raw.close()
+
+
+def test_cached_placeholder_rewrite_gives_pg8000s_answers(engine):
+    from pg8000.dbapi import convert_paramstyle as stock
+    statement = "SELECT '%%s', %s::INTEGER, '%%' || %s -- %s\n, %s"
+    args = (1, "x", 2)
+    assert pg.convert_paramstyle("format", statement, args) == stock("format", statement, args)
+    assert pg.convert_paramstyle("named", "SELECT :a, :b, :a", {"a": 1, "b": 2}) == \
+        stock("named", "SELECT :a, :b, :a", {"a": 1, "b": 2})
+    with engine.connect() as conn:  # through SQLAlchemy, twice (the second from the cache)
+        for _ in range(2):
+            assert conn.execute(text("SELECT CAST(:a AS integer) + 1, '100%'"),
+                                {"a": 41}).one() == (42, "100%")
