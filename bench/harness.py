@@ -36,7 +36,7 @@ COURSES = 20
 ANALYTICS_QUEUE = "analytics.record_event"
 PHASES = ("ceiling", "nameko", "kit", "enrollments", "steady")  # in this order, each run
 DATABASES = ("kit_src", "kit_sink", "kit_batch_sink", "naive_course", "naive_notification",
-             "course", "notification")
+             "auth", "course", "notification")
 # where each kind of run writes its figures (in OUT); results.md shows every one present
 RESULT_FILES = {"sqlite": "results.json", "postgresql": "results-postgresql.json"}
 
@@ -160,7 +160,7 @@ class Bench:
             conn.execute(insert(plain_services.NaiveCourse), [
                 {"id": i, "title": f"Bench course {i}", "enrollment_count": 0}
                 for i in range(1, COURSES + 1)])
-        for service in ("course", "notification"):
+        for service in ("auth", "course", "notification"):
             upgrade(service, self.db_url(service))
         from services.course.models import Course
         from services.notification.models import Contact
@@ -168,15 +168,24 @@ class Bench:
         with self.dbs.engine("course").begin() as conn:
             conn.execute(insert(Course), [
                 {"id": i, "title": f"Bench course {i}", "description": "bench",
-                 "instructor_id": 1} for i in range(1, COURSES + 1)])
+                 "instructor_id": 900_000} for i in range(1, COURSES + 1)])
         users = self.pair_users_needed()
+        # the gateway asks auth whether a token's user exists (cached per user for
+        # USER_CACHE_SECONDS): the harness's users are real users of auth, as in production
+        from services.auth.models import User
+        with self.dbs.engine("auth").begin() as conn:
+            conn.execute(insert(User), [
+                {"id": u, "email": f"u{u}@bench.invalid", "name": f"User {u}", "role": "student",
+                 "password_hash": "-"}
+                for u in list(range(1, users + 1))
+                + list(range(1_000_000, 1_000_000 + self.steady_users_needed()))])
         with self.dbs.engine("notification").begin() as conn:
             conn.execute(insert(Contact), [
                 {"user_id": u, "email": f"u{u}@bench.invalid", "name": f"User {u}"}
                 for u in list(range(1, users + 1))
                 + list(range(1_000_000, 1_000_000 + self.steady_users_needed()))])
             conn.execute(insert(KnownCourse), [
-                {"course_id": i, "title": f"Bench course {i}", "instructor_id": 1}
+                {"course_id": i, "title": f"Bench course {i}", "instructor_id": 900_000}
                 for i in range(1, COURSES + 1)])
 
     def pair_users_needed(self):
@@ -194,8 +203,10 @@ class Bench:
         subscriptions = {"bench_relay.sink": ["bench.relay_only"],
                          "kit_sink.handle": ["bench.event"],
                          "kit_batch_sink.handle": ["bench.batch_event"]}
-        suite = dict(DB_URIS={"course:Base": self.db_url("course"),
+        suite = dict(DB_URIS={"auth:Base": self.db_url("auth"),
+                              "course:Base": self.db_url("course"),
                               "notification:Base": self.db_url("notification")},
+                     SUBSCRIPTIONS="contracts.subscriptions:SUBSCRIPTIONS",
                      JWT_SECRET=JWT_SECRET, MAIL_BACKEND="log", OUTBOX_POLL_INTERVAL=2,
                      OUTBOX_BATCH_SIZE=500, ENVIRONMENT="development")
 
@@ -232,6 +243,7 @@ class Bench:
             ("kit_batch_sink", "bench.kit_services:KitBatchSink",
              dict(DB_URIS={"kit_batch_sink:Base": self.db_url("kit_batch_sink")},
                   EXTRA_SUBSCRIPTIONS=subscriptions, DB_POOL_SIZE=4), consumers("kit_batch_sink.handle")),
+            ("auth", "services.auth.service", suite, consumers("rpc-auth")),
             ("course", "services.course.service", suite, consumers("rpc-course")),
             ("notification", "services.notification.service", suite,
              consumers("notification.confirm_enrollment")),

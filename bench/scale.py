@@ -33,11 +33,13 @@ from bench.harness import HERE, ROOT, free_port, machine, parse_time, run_header
 from bench.load import closed_loop, open_loop, percentile
 
 JWT_SECRET = "bench-only-secret-0123456789-0123456789-abcdefgh"
-SERVICES = ("course", "review", "notification", "analytics")
-DATABASES = SERVICES + ("auth",)
+# auth runs too: the gateway asks it whether a token's user exists (cached per user)
+SERVICES = ("auth", "course", "review", "notification", "analytics")
+DATABASES = SERVICES
 REPLAY_QUEUE = "bench.replay_sink"
 NEW_USERS = 10_000_000  # users who enroll during the benchmark: ids above every loaded one
 NEW_CONTACTS = 20_000
+ADMIN_ID = NEW_USERS + NEW_CONTACTS + 1  # reads the event log (the gateway checks the role)
 
 FULL = dict(large=dict(users=100_000, courses=10_000, enrollments=1_000_000, events=1_000_000,
                        reviews=100_000),
@@ -110,6 +112,12 @@ def load_sql(n, events_span):
             f"now() - make_interval(secs => {span} * (1 - i::float8 / {users})) "
             f"FROM generate_series(1, {users}) i",
             "SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))",
+            # the users who enroll during the benchmark
+            f"INSERT INTO users (id, email, password_hash, name, role, created_at) "
+            f"SELECT i, 'new' || i || '@bench.invalid', 'not-a-hash', 'New user ' || i, "
+            f"'student', now() FROM generate_series({NEW_USERS + 1}, {NEW_USERS + NEW_CONTACTS}) i",
+            f"INSERT INTO users (id, email, password_hash, name, role, created_at) VALUES "
+            f"({ADMIN_ID}, 'admin@bench.invalid', 'not-a-hash', 'Admin', 'admin', now())",
         ],
         "course": [
             f"INSERT INTO courses (id, title, description, instructor_id, created_at, "
@@ -250,7 +258,7 @@ class Side:
             # rows and an update), whatever the backlog's size
             "OUTBOX_BATCH_SIZE": 100,
             "DB_URIS": {f"{s}:Base": self.dbs.url(s) for s in SERVICES},
-            # two suites of four services at once on a server with max_connections 100: 4 workers
+            # two suites of five services at once on a server with max_connections 100: 4 workers
             # each (plenty for 2 cores), so the default pool (workers + 3 = 7) covers them all
             # and no request opens a connection of its own
             "max_workers": 4,
@@ -298,7 +306,7 @@ class Side:
         n = self.n
         import random
         rng = random.Random(rounds_seed)
-        admin = {"Authorization": f"Bearer {token(1, 'admin')}"}
+        admin = {"Authorization": f"Bearer {token(ADMIN_ID, 'admin')}"}
         now = dt.datetime.now(dt.timezone.utc)
         since = (now - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
         # the middle of the side's event log: half of it is before
@@ -474,8 +482,7 @@ class ScaleBench:
         config = {"AMQP_URI": side.vhost.amqp_uri,
                   "DB_URIS": {"analytics:Base": side.dbs.url("analytics")}}
         started = time.perf_counter()
-        replay(config, parse_datetime(since), to_queue=REPLAY_QUEUE, out=io.StringIO(),
-               progress_stream=io.StringIO())
+        replay(config, parse_datetime(since), to_queue=REPLAY_QUEUE, out=io.StringIO())
         seconds = time.perf_counter() - started
         side.vhost.purge(REPLAY_QUEUE)
         return count / seconds

@@ -5,6 +5,7 @@ composition rules), and not one of the most common passwords (``common_passwords
 """
 import functools
 import os
+import time
 import unicodedata
 
 import argon2
@@ -24,11 +25,13 @@ TIME_COST_CONFIG_KEY = "PASSWORD_HASH_TIME_COST"
 MEMORY_COST_CONFIG_KEY = "PASSWORD_HASH_MEMORY_COST"  # KiB
 PARALLELISM_CONFIG_KEY = "PASSWORD_HASH_PARALLELISM"
 # At most this many hashes run at once (default: one per PASSWORD_HASH_PARALLELISM CPUs, at
-# least one: a hash runs that many threads) and this many more wait for one (default: twice
-# that); a request beyond both is refused at once (503) rather than queued until the gateway's
-# RPC_TIMEOUT, and a burst of logins costs the service's CPU at most this many hashes.
+# least one: a hash runs that many threads); one that would wait longer than MAX_WAIT seconds
+# for its turn (or find QUEUE waiting, if set) is refused at once (503) rather than queued
+# until the gateway's RPC_TIMEOUT, and a burst of logins costs the CPU at most this many hashes.
 CONCURRENCY_CONFIG_KEY = "PASSWORD_HASH_CONCURRENCY"
 QUEUE_CONFIG_KEY = "PASSWORD_HASH_QUEUE"
+MAX_WAIT_CONFIG_KEY = "PASSWORD_HASH_MAX_WAIT"
+DEFAULT_MAX_WAIT = 2.0  # seconds; well inside the callers' RPC_TIMEOUT (5)
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,28 +69,47 @@ def make_hasher(config):
 
 
 class HashingSlots:
-    """A bounded queue in front of argon2: ``concurrency`` run, ``queue`` wait, the rest refused.
+    """A bounded queue in front of argon2: ``concurrency`` hashes run, the others wait, and one
+    that would wait longer than ``max_wait`` seconds (or find ``queue`` waiting) is refused.
 
-    argon2 costs ~0.1 s of CPU per hash at the default cost: a burst of logins beyond what the
-    CPUs can hash within the callers' RPC timeout only piles up work whose answers nobody will
-    read. Refusing the excess at once keeps the accepted ones fast and tells the client when to
-    come back.
+    argon2 costs ~0.1-0.4 s of CPU per hash at the default cost: a burst of logins beyond what
+    the CPUs can hash within the callers' RPC timeout only piles up work whose answers nobody
+    will read. Refusing the excess at once keeps the accepted ones fast and tells the client
+    when to come back. The wait is estimated from the hashes' own recent duration, so the queue
+    is as long as the cost allows: a cheap hash (tests) queues many, an expensive one few.
     """
 
-    def __init__(self, concurrency, queue):
-        if concurrency < 1 or queue < 0:
+    def __init__(self, concurrency, queue=None, max_wait=None):
+        if concurrency < 1 or (queue is not None and queue < 0):
             raise ValueError("PASSWORD_HASH_CONCURRENCY must be >= 1 and PASSWORD_HASH_QUEUE >= 0")
-        self.capacity = concurrency + queue
+        self.concurrency = concurrency
+        self.queue = queue  # None: bounded by max_wait alone
+        self.max_wait = DEFAULT_MAX_WAIT if max_wait is None else max_wait
         self.admitted = 0
+        self.seconds_per_hash = None  # a moving average of recent hashes
         self.running = Semaphore(concurrency)
 
+    def expected_wait(self):
+        """Seconds a hash admitted now would wait for a slot."""
+        ahead = self.admitted - self.concurrency + 1
+        if ahead <= 0 or self.seconds_per_hash is None:
+            return 0.0
+        return ahead * self.seconds_per_hash / self.concurrency
+
     def run(self, function, *args):
-        if self.admitted >= self.capacity:
+        waiting = max(0, self.admitted - self.concurrency)
+        if (self.queue is not None and waiting >= self.queue) or \
+                self.expected_wait() > self.max_wait:
             raise Busy("too many sign-ins at once; try again in a moment")
         self.admitted += 1  # greenthreads: no other one runs between the check and this
         try:
             with self.running:
-                return tpool.execute(function, *args)
+                started = time.monotonic()
+                result = tpool.execute(function, *args)
+                elapsed = time.monotonic() - started
+                self.seconds_per_hash = elapsed if self.seconds_per_hash is None else (
+                    0.8 * self.seconds_per_hash + 0.2 * elapsed)
+                return result
         finally:
             self.admitted -= 1
 
@@ -99,12 +121,14 @@ def default_concurrency(config):
 
 
 def hashing_slots(config):
-    """PASSWORD_HASH_CONCURRENCY (empty: default_concurrency) and PASSWORD_HASH_QUEUE (empty:
-    twice that)."""
+    """PASSWORD_HASH_CONCURRENCY (empty: default_concurrency), PASSWORD_HASH_QUEUE (empty: no
+    fixed cap) and PASSWORD_HASH_MAX_WAIT (seconds; empty: DEFAULT_MAX_WAIT)."""
     concurrency, queue = config.get(CONCURRENCY_CONFIG_KEY), config.get(QUEUE_CONFIG_KEY)
+    max_wait = config.get(MAX_WAIT_CONFIG_KEY)
     concurrency = (default_concurrency(config) if concurrency in (None, "")
                    else int(concurrency))
-    return HashingSlots(concurrency, 2 * concurrency if queue in (None, "") else int(queue))
+    return HashingSlots(concurrency, None if queue in (None, "") else int(queue),
+                        None if max_wait in (None, "") else float(max_wait))
 
 
 class Passwords:
@@ -119,7 +143,8 @@ class Passwords:
     def __init__(self, hasher, slots=None):
         self.hasher = hasher
         self.slots = slots or hashing_slots({})
-        self.dummy_hash = hasher.hash("not a real password: timing equalizer")
+        # through the slots: it also tells them how long a hash takes here
+        self.dummy_hash = self.slots.run(hasher.hash, "not a real password: timing equalizer")
 
     def hash(self, password):
         return self.slots.run(self.hasher.hash, normalize_password(password))

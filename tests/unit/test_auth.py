@@ -211,14 +211,30 @@ def test_a_burst_beyond_the_hashing_slots_is_refused_at_once_not_queued():
     assert passwords.verify(passwords.hash("another fine passphrase"), "another fine passphrase")
 
 
-def test_hashing_slots_default_to_the_cpus_per_hash_with_twice_as_many_waiting():
+def test_hashing_slots_default_to_the_cpus_per_hash_and_a_wait_bound():
     import os
 
-    from services.auth.passwords import hashing_slots
+    from services.auth.passwords import DEFAULT_MAX_WAIT, hashing_slots
 
     # one hash per PASSWORD_HASH_PARALLELISM (4 lanes) CPUs, at least one
-    assert hashing_slots({}).capacity == 3 * max(1, (os.cpu_count() or 1) // 4)
-    assert hashing_slots({"PASSWORD_HASH_PARALLELISM": 1}).capacity == 3 * (os.cpu_count() or 1)
-    assert hashing_slots({"PASSWORD_HASH_CONCURRENCY": 2, "PASSWORD_HASH_QUEUE": 0}).capacity == 2
+    slots = hashing_slots({})
+    assert slots.concurrency == max(1, (os.cpu_count() or 1) // 4)
+    assert (slots.queue, slots.max_wait) == (None, DEFAULT_MAX_WAIT)
+    assert hashing_slots({"PASSWORD_HASH_PARALLELISM": 1}).concurrency == (os.cpu_count() or 1)
+    assert hashing_slots({"PASSWORD_HASH_CONCURRENCY": 2, "PASSWORD_HASH_QUEUE": 0}).queue == 0
     with pytest.raises(ValueError):
         hashing_slots({"PASSWORD_HASH_CONCURRENCY": 0})
+
+
+def test_the_queue_is_as_long_as_the_hash_cost_allows():
+    from services.auth.passwords import HashingSlots
+
+    slots = HashingSlots(concurrency=1, max_wait=1.0)
+    slots.seconds_per_hash = 0.25  # as measured from recent hashes
+    slots.admitted = 3             # one hashing, two waiting: the next waits for 3 hashes
+    assert slots.expected_wait() == 0.75
+    slots.admitted = 5             # the next would wait 1.25 s: refused
+    with pytest.raises(Exception, match="too many sign-ins"):
+        slots.run(lambda: None)
+    slots.seconds_per_hash = 0.001  # a cheap hash: the same crowd is fine
+    assert slots.run(lambda: "hashed") == "hashed"

@@ -25,7 +25,7 @@ DEFAULTS_FINE_IN_CONTAINERS = {
     # the owners' broker user names: their defaults are the users docker/rabbitmq defines
     "AUTH_RABBITMQ_USER", "COURSE_RABBITMQ_USER", "REVIEW_RABBITMQ_USER",
     "PASSWORD_HASH_MEMORY_COST", "PASSWORD_HASH_PARALLELISM", "PASSWORD_HASH_CONCURRENCY",
-    "PASSWORD_HASH_QUEUE", "DB_POOL_SIZE",
+    "PASSWORD_HASH_QUEUE", "PASSWORD_HASH_MAX_WAIT", "DB_POOL_SIZE",
     "RABBITMQ_HOSTS",  # empty: the one broker of RABBITMQ_HOST; set it for a cluster
 }
 
