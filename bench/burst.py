@@ -9,7 +9,6 @@ of the 200s. Each level runs ``--runs`` times; figures are medians.
 
 Writes OUT/results-burst.json and re-renders OUT/results.md (bench/report.py).
 """
-import argparse
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import uuid
 
 from bench import procs
 from bench.dbs import Databases
-from bench.harness import HERE, ROOT, free_port, machine, run_header
+from bench.harness import ROOT, free_port, machine, run_header
 from bench.load import _Client, percentile
 
 PASSWORD = "correct horse battery staple 42"
@@ -187,24 +186,8 @@ def check_complete(result):
 
 def main(argv=None):
     from bench import report
-    parser = argparse.ArgumentParser(prog="python -m bench.burst",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--out", default=HERE)
-    parser.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"))
-    args = parser.parse_args(argv)
-    args.runs = max(3, args.runs)
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
-    result = BurstBench(args).run()
-    result["machine"]["load_average_at_start"] = load_at_start
-    report.save(args.out, "results-burst.json", result, args.notes)
-    print(markdown_section(result))
-    missing = check_complete(result)
-    if missing:
-        print("figures missing: " + ", ".join(missing), file=sys.stderr)
-        return 1
-    return 0
+    return report.run_main(argv, "python -m bench.burst", __doc__, BurstBench, "results-burst.json", markdown_section,
+                           check_complete, quick_help="small sizes")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ within one run, then the median taken. Writes bench/results.md and bench/results
 """
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import shutil

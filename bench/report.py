@@ -45,3 +45,28 @@ def save(out, filename, result, notes_path):
     with open(os.path.join(out, filename), "w") as target:
         target.write(procs.dump(result) + "\n")
     return write(out, notes_path)
+
+
+def run_main(argv, prog, doc, bench_class, filename, markdown_section, check_complete,
+             quick_help="small sizes", here=os.path.dirname(os.path.abspath(__file__))):
+    """The command line of a benchmark module (bench.scale, bench.burst): parse, run, save the
+    JSON, render results.md, print the section; exit status 1 when a figure is missing."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--runs", type=int, default=3, help="rounds (at least 3)")
+    parser.add_argument("--out", default=here, help=f"where {filename} goes (bench/)")
+    parser.add_argument("--notes", default=os.path.join(here, "NOTES.md"))
+    args = parser.parse_args(argv)
+    args.runs = max(3, args.runs)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    result = bench_class(args).run()
+    result["machine"]["load_average_at_start"] = load_at_start
+    save(args.out, filename, result, args.notes)
+    print(markdown_section(result))
+    missing = check_complete(result)
+    if missing:
+        print("figures missing: " + ", ".join(missing), file=sys.stderr)
+        return 1
+    return 0

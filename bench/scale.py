@@ -12,9 +12,7 @@ the retention sweep on, the kit's tables' rows and bytes after each step.
 
 Writes OUT/results-scale.json and re-renders OUT/results.md (bench/report.py).
 """
-import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import statistics
@@ -28,8 +26,8 @@ import pika
 
 from bench import procs
 from bench.ceiling import parameters
-from bench.dbs import Databases, admin_connection
-from bench.harness import HERE, ROOT, free_port, machine, parse_time, run_header, wait_for
+from bench.dbs import Databases
+from bench.harness import ROOT, free_port, machine, parse_time, run_header, wait_for
 from bench.load import closed_loop, open_loop, percentile
 
 JWT_SECRET = "bench-only-secret-0123456789-0123456789-abcdefgh"
@@ -132,13 +130,13 @@ def load_sql(n, events_span):
             "UPDATE courses SET enrollment_count = c.n FROM (SELECT course_id, count(*) AS n "
             "FROM enrollments GROUP BY course_id) c WHERE c.course_id = courses.id",
             # every enrollment's course.enrolled, sent
-            f"INSERT INTO outbox_events (id, event_id, event_type, body, headers, created_at, "
-            f"sent_at) SELECT e.id, 'bench-enrolled-' || e.id, 'course.enrolled', "
-            f"json_build_object('event_id', 'bench-enrolled-' || e.id, 'event_type', "
-            f"'course.enrolled', 'timestamp', e.enrolled_at, 'source', 'course', 'version', 1, "
-            f"'data', json_build_object('enrollment_id', e.id, 'user_id', e.user_id, "
-            f"'course_id', e.course_id, 'course_title', 'Course ' || e.course_id))::text, '{{}}', "
-            f"e.enrolled_at, e.enrolled_at + interval '10 milliseconds' FROM enrollments e",
+            "INSERT INTO outbox_events (id, event_id, event_type, body, headers, created_at, "
+            "sent_at) SELECT e.id, 'bench-enrolled-' || e.id, 'course.enrolled', "
+            "json_build_object('event_id', 'bench-enrolled-' || e.id, 'event_type', "
+            "'course.enrolled', 'timestamp', e.enrolled_at, 'source', 'course', 'version', 1, "
+            "'data', json_build_object('enrollment_id', e.id, 'user_id', e.user_id, "
+            "'course_id', e.course_id, 'course_title', 'Course ' || e.course_id))::text, '{}', "
+            "e.enrolled_at, e.enrolled_at + interval '10 milliseconds' FROM enrollments e",
             "SELECT setval(pg_get_serial_sequence('outbox_events', 'id'), "
             "(SELECT max(id) FROM outbox_events))",
         ],
@@ -669,24 +667,8 @@ def _f(value, digits=1):
 
 def main(argv=None):
     from bench import report
-    parser = argparse.ArgumentParser(prog="python -m bench.scale",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    parser.add_argument("--runs", type=int, default=3, help="rounds (at least 3)")
-    parser.add_argument("--out", default=HERE, help="where results-scale.json goes (bench/)")
-    parser.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"))
-    args = parser.parse_args(argv)
-    args.runs = max(3, args.runs)
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
-    result = ScaleBench(args).run()
-    result["machine"]["load_average_at_start"] = load_at_start
-    report.save(args.out, "results-scale.json", result, args.notes)
-    print(markdown_section(result))
-    missing = check_complete(result)
-    if missing:
-        print("figures missing: " + ", ".join(missing), file=sys.stderr)
-        return 1
-    return 0
+    return report.run_main(argv, "python -m bench.scale", __doc__, ScaleBench, "results-scale.json", markdown_section,
+                           check_complete, quick_help="small sizes (a few minutes)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Never a speed assertion: the numbers depend on the machine and on what else runs on it.
 """
+import json
 import os
 import sys
 
@@ -15,18 +16,21 @@ from tests.support import processes  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def run_quick(module, tmp_path, json_name, timeout, *args):
+    """``python -m <module> --quick`` into tmp_path (a subprocess: the harness is plain threads,
+    the test session is monkey-patched by eventlet); its JSON, after a zero exit status."""
+    completed = processes.run(
+        [sys.executable, "-m", module, "--quick", *args, "--out", str(tmp_path), "--notes", ""],
+        cwd=ROOT, timeout=timeout)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads((tmp_path / json_name).read_text())
+
+
 @pytest.mark.bench
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_quick_harness_fills_every_row(tmp_path):
-    # a subprocess: the harness is plain threads, the test session is monkey-patched by eventlet
-    completed = processes.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path), "--notes", ""],
-        cwd=ROOT, timeout=230)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-    import json
-    result = json.loads((tmp_path / "results.json").read_text())
+    result = run_quick("bench", tmp_path, "results.json", 230)
     rows = {row["key"]: row for row in result["rows"]}
     assert list(rows) == ROW_KEYS
     for key, row in rows.items():
@@ -46,13 +50,7 @@ def test_quick_harness_fills_every_row(tmp_path):
 @pytest.mark.integration
 @pytest.mark.timeout(420)
 def test_quick_harness_on_postgresql_fills_every_row(tmp_path):
-    completed = processes.run(
-        [sys.executable, "-m", "bench", "--quick", "--db", "postgresql", "--out", str(tmp_path),
-         "--notes", ""], cwd=ROOT, timeout=410)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-    import json
-    result = json.loads((tmp_path / "results-postgresql.json").read_text())
+    result = run_quick("bench", tmp_path, "results-postgresql.json", 410, "--db", "postgresql")
     assert result["database"] == "postgresql" and result["machine"]["postgresql"] != "unknown"
     rows = {row["key"]: row for row in result["rows"]}
     assert list(rows) == ROW_KEYS
@@ -68,13 +66,7 @@ def test_quick_harness_on_postgresql_fills_every_row(tmp_path):
 @pytest.mark.timeout(900)
 def test_quick_data_scale_measures_every_request_on_both_sides(tmp_path):
     from bench import scale
-    completed = processes.run(
-        [sys.executable, "-m", "bench.scale", "--quick", "--out", str(tmp_path), "--notes", ""],
-        cwd=ROOT, timeout=880)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-    import json
-    result = json.loads((tmp_path / "results-scale.json").read_text())
+    result = run_quick("bench.scale", tmp_path, "results-scale.json", 880)
     assert scale.check_complete(result) == []
     for key in ("courses.first.c1.ratio", "relay.large", "replay.large"):
         assert len(result["values"][key]) >= 3, key
@@ -99,13 +91,7 @@ def test_quick_data_scale_measures_every_request_on_both_sides(tmp_path):
 @pytest.mark.timeout(300)
 def test_quick_login_burst_counts_every_answer(tmp_path):
     from bench import burst
-    completed = processes.run(
-        [sys.executable, "-m", "bench.burst", "--quick", "--out", str(tmp_path), "--notes", ""],
-        cwd=ROOT, timeout=290)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-    import json
-    result = json.loads((tmp_path / "results-burst.json").read_text())
+    result = run_quick("bench.burst", tmp_path, "results-burst.json", 290)
     assert burst.check_complete(result) == []
     for clients, each in burst.QUICK["levels"].items():
         for run in range(3):
