@@ -42,7 +42,12 @@ ADMIN_ID = NEW_USERS + NEW_CONTACTS + 1  # reads the event log (the gateway chec
 FULL = dict(large=dict(users=100_000, courses=10_000, enrollments=1_000_000, events=1_000_000,
                        reviews=100_000),
             # the same density per user, per course and per minute of the event log as large
-            small=dict(users=100, courses=40, enrollments=1000, events=1000, reviews=400),
+            # (10 enrollments and notifications per user, 100 enrollments and 10 reviews per
+            # course, ~116 events a minute), and enough events to fill the summary's last
+            # SUMMARY_MINUTES (60) at that density: its events_per_minute list is then as long
+            # on both sides (with 1,000 events small's log spanned 9 minutes, and the summary's
+            # "ratio" compared a 36-entry answer with a 240-entry one)
+            small=dict(users=700, courses=70, enrollments=7000, events=7000, reviews=700),
             requests={1: 150, 10: 300}, relay=5000, replay=100_000, growth_steps=5,
             growth_rate=50, growth_seconds=12)
 QUICK = dict(large=dict(users=2000, courses=200, enrollments=20_000, events=20_000, reviews=2000),
