@@ -16,17 +16,46 @@ character by character in Python, every time (70-90 µs for one of SQLAlchemy's 
 about ten statements per enrollment). In the ``format`` style SQLAlchemy uses, the rewrite
 depends on the statement alone, so it is cached here (``pg8000.legacy.convert_paramstyle`` is
 replaced in this process by a version that gives the same answers).
+
+And: pg8000 reads every timestamp and date column with ``datetime.strptime`` (35 µs each here;
+``fromisoformat``, 1 µs, reads the same ISO text PostgreSQL sends): ~7 ms of the analytics
+summary's 14 went to its 200 minute timestamps. ``PipelinedConnection`` reads them with
+``fromisoformat`` and falls back to pg8000's converter for what it does not read (years beyond
+9999 or BC, ``infinity``), so the values are pg8000's own.
 """
+import datetime as dt
 import functools
 
 import pg8000.legacy
+from pg8000 import converters
 from pg8000.core import (
     BIND, DESCRIBE, EXECUTE_MSG, NULL_BYTE, PARSE, PORTAL, SYNC_MSG, Context, H_pack,
     InterfaceError, _flush, _write, i_pack, make_params,
 )
 
 
+def _iso_reader(parse, fallback):
+    def read(text):
+        try:
+            return parse(text)
+        except ValueError:
+            return fallback(text)
+    return read
+
+
+ISO_READERS = {
+    converters.TIMESTAMPTZ: _iso_reader(dt.datetime.fromisoformat, converters.timestamptz_in),
+    converters.TIMESTAMP: _iso_reader(dt.datetime.fromisoformat, converters.timestamp_in),
+    converters.DATE: _iso_reader(dt.date.fromisoformat, converters.date_in),
+}
+
+
 class PipelinedConnection(pg8000.legacy.Connection):
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for oid, read in ISO_READERS.items():
+            self.register_in_adapter(oid, read)
 
     def execute_unnamed(self, statement, vals=(), oids=(), stream=None):
         if self._sock is None:

@@ -92,3 +92,26 @@ def test_cached_placeholder_rewrite_gives_pg8000s_answers(engine):
         for _ in range(2):
             assert conn.execute(text("SELECT CAST(:a AS integer) + 1, '100%'"),
                                 {"a": 41}).one() == (42, "100%")
+
+
+def test_timestamps_and_dates_read_as_pg8000_reads_them(engine):
+    # the server's own text for each value, read by pg8000's converters and by the kit's
+    from pg8000 import converters
+    values = {
+        "timestamptz": ["2026-12-01 12:00:00.123456+00", "2026-12-01 12:00:00+05:30",
+                        "1999-01-01 00:00:00.5+00", "infinity", "-infinity",
+                        "0044-03-15 12:00:00+00 BC"],
+        "timestamp": ["2026-12-01 12:00:00.123456", "2026-12-01 12:00:00", "infinity"],
+        "date": ["2026-12-01", "0001-01-01", "infinity", "0044-03-15 BC"],
+    }
+    pg8000_readers = {"timestamptz": converters.timestamptz_in,
+                      "timestamp": converters.timestamp_in, "date": converters.date_in}
+    with engine.connect() as conn:
+        conn.execute(text("SET TIME ZONE 'UTC'"))
+        for type_name, literals in values.items():
+            for literal in literals:
+                as_text, value = conn.execute(
+                    text(f"SELECT CAST(:v AS {type_name})::text, CAST(:v AS {type_name})"),
+                    {"v": literal}).one()
+                assert value == pg8000_readers[type_name](as_text), (type_name, literal)
+                assert type(value) is type(pg8000_readers[type_name](as_text))
