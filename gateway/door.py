@@ -206,6 +206,15 @@ def refuse(sock, response):
         sock.close()
 
 
+def prepare_connection(sock, socket_timeout):
+    """An accepted connection's settings: HTTP_SOCKET_TIMEOUT per send or receive, and no
+    Nagle delay. eventlet writes a response's headers and its body in separate sends; with
+    Nagle's algorithm on, the body's last segment waited for the client's delayed ACK of the
+    headers: ~40 ms more on every response longer than one segment (bench/NOTES.md)."""
+    sock.settimeout(socket_timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class DoorMixin:
     """For a nameko ``WebServer``: the limits above (``JsonWebServer`` in gateway/http.py)."""
 
@@ -238,7 +247,7 @@ class DoorMixin:
             if refusal is not None:
                 eventlet.spawn_n(refuse, sock, refusal)
                 continue
-            sock.settimeout(self._serv.socket_timeout)
+            prepare_connection(sock, self._serv.socket_timeout)
             self.container.spawn_managed_thread(partial(self._serve, sock, address))
 
     def _serve(self, sock, address):
