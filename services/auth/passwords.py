@@ -5,14 +5,12 @@ composition rules), and not one of the most common passwords (``common_passwords
 """
 import functools
 import os
-import time
 import unicodedata
 
 import argon2
 from eventlet import tpool
-from eventlet.semaphore import Semaphore
 
-from services.kit.errors import Busy
+from services.kit.turns import DEFAULT_MAX_WAIT, Turns  # noqa: F401 (the default, named here too)
 
 MIN_LENGTH = 8
 MAX_LENGTH = 256
@@ -31,7 +29,6 @@ PARALLELISM_CONFIG_KEY = "PASSWORD_HASH_PARALLELISM"
 CONCURRENCY_CONFIG_KEY = "PASSWORD_HASH_CONCURRENCY"
 QUEUE_CONFIG_KEY = "PASSWORD_HASH_QUEUE"
 MAX_WAIT_CONFIG_KEY = "PASSWORD_HASH_MAX_WAIT"
-DEFAULT_MAX_WAIT = 2.0  # seconds; well inside the callers' RPC_TIMEOUT (5)
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,50 +65,28 @@ def make_hasher(config):
     )
 
 
-class HashingSlots:
-    """A bounded queue in front of argon2: ``concurrency`` hashes run, the others wait, and one
-    that would wait longer than ``max_wait`` seconds (or find ``queue`` waiting) is refused.
-
-    argon2 costs ~0.1-0.4 s of CPU per hash at the default cost: a burst of logins beyond what
-    the CPUs can hash within the callers' RPC timeout only piles up work whose answers nobody
-    will read. Refusing the excess at once keeps the accepted ones fast and tells the client
-    when to come back. The wait is estimated from the hashes' own recent duration, so the queue
-    is as long as the cost allows: a cheap hash (tests) queues many, an expensive one few.
-    """
+class HashingSlots(Turns):
+    """A bounded queue in front of argon2 (services/kit/turns.py): ``concurrency`` hashes run,
+    the others wait, and one that would wait longer than ``max_wait`` seconds (or find ``queue``
+    waiting) is refused at once. argon2 costs ~0.1-0.4 s of CPU per hash at the default cost."""
 
     def __init__(self, concurrency, queue=None, max_wait=None):
         if concurrency < 1 or (queue is not None and queue < 0):
             raise ValueError("PASSWORD_HASH_CONCURRENCY must be >= 1 and PASSWORD_HASH_QUEUE >= 0")
-        self.concurrency = concurrency
-        self.queue = queue  # None: bounded by max_wait alone
-        self.max_wait = DEFAULT_MAX_WAIT if max_wait is None else max_wait
-        self.admitted = 0
-        self.seconds_per_hash = None  # a moving average of recent hashes
-        self.running = Semaphore(concurrency)
+        super().__init__(concurrency, queue, max_wait,
+                         busy_message="too many sign-ins at once; try again in a moment")
 
-    def expected_wait(self):
-        """Seconds a hash admitted now would wait for a slot."""
-        ahead = self.admitted - self.concurrency + 1
-        if ahead <= 0 or self.seconds_per_hash is None:
-            return 0.0
-        return ahead * self.seconds_per_hash / self.concurrency
+    @property
+    def seconds_per_hash(self):
+        return self.seconds_per_turn
+
+    @seconds_per_hash.setter
+    def seconds_per_hash(self, value):
+        self.seconds_per_turn = value
 
     def run(self, function, *args):
-        waiting = max(0, self.admitted - self.concurrency)
-        if (self.queue is not None and waiting >= self.queue) or \
-                self.expected_wait() > self.max_wait:
-            raise Busy("too many sign-ins at once; try again in a moment")
-        self.admitted += 1  # greenthreads: no other one runs between the check and this
-        try:
-            with self.running:
-                started = time.monotonic()
-                result = tpool.execute(function, *args)
-                elapsed = time.monotonic() - started
-                self.seconds_per_hash = elapsed if self.seconds_per_hash is None else (
-                    0.8 * self.seconds_per_hash + 0.2 * elapsed)
-                return result
-        finally:
-            self.admitted -= 1
+        with self.turn():
+            return tpool.execute(function, *args)
 
 
 def default_concurrency(config):

@@ -1,0 +1,72 @@
+"""Turns: at most N callers at once, the others wait, and one that would wait too long is told
+so at once.
+
+    turns = Turns(concurrency=2, max_wait=2.0)
+    with turns.turn():        # Busy at once when the expected wait is over max_wait
+        ...                   # at most 2 greenthreads here at a time
+
+    caller --> expected wait (callers ahead x recent turn duration / concurrency) > max_wait,
+               or `queue` callers waiting already? --> Busy (the gateway: 503 + Retry-After)
+           --> wait for a turn (up to `timeout`: TurnTimeout) --> run --> duration noted
+
+Used where a slow, CPU-bound step meets bursts: auth's argon2 hashes (services/auth/passwords.py)
+and the gateway's logins (gateway/http.py). Waiting callers that cannot be served within their
+callers' patience only pile up work whose answers nobody reads; refusing them at once keeps the
+admitted ones fast and tells the rest when to come back. The wait is estimated from the turns'
+own recent durations, so the queue is as long as the cost allows: cheap turns queue many,
+expensive ones few. Greenthreads only: nothing runs between a check and its count.
+"""
+import contextlib
+import time
+
+from eventlet.semaphore import Semaphore
+
+from services.kit.errors import Busy
+
+DEFAULT_MAX_WAIT = 2.0  # seconds; well inside the callers' RPC_TIMEOUT (5)
+
+
+class TurnTimeout(Exception):
+    """No turn came within the caller's ``timeout``."""
+
+
+class Turns:
+    def __init__(self, concurrency, queue=None, max_wait=None,
+                 busy_message="too busy; try again in a moment"):
+        if concurrency < 1 or (queue is not None and queue < 0):
+            raise ValueError("concurrency must be >= 1 and queue >= 0")
+        self.concurrency = concurrency
+        self.queue = queue  # None: bounded by max_wait alone
+        self.max_wait = DEFAULT_MAX_WAIT if max_wait is None else max_wait
+        self.busy_message = busy_message
+        self.admitted = 0  # running and waiting
+        self.seconds_per_turn = None  # a moving average of recent turns
+        self.running = Semaphore(concurrency)
+
+    def expected_wait(self):
+        """Seconds a caller admitted now would wait for its turn."""
+        ahead = self.admitted - self.concurrency + 1
+        if ahead <= 0 or self.seconds_per_turn is None:
+            return 0.0
+        return ahead * self.seconds_per_turn / self.concurrency
+
+    @contextlib.contextmanager
+    def turn(self, timeout=None):
+        waiting = max(0, self.admitted - self.concurrency)
+        if (self.queue is not None and waiting >= self.queue) or \
+                self.expected_wait() > self.max_wait:
+            raise Busy(self.busy_message)
+        self.admitted += 1
+        try:
+            if not self.running.acquire(timeout=timeout):
+                raise TurnTimeout()
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self.running.release()
+                elapsed = time.monotonic() - started
+                self.seconds_per_turn = elapsed if self.seconds_per_turn is None else (
+                    0.8 * self.seconds_per_turn + 0.2 * elapsed)
+        finally:
+            self.admitted -= 1
