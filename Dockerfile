@@ -7,6 +7,7 @@ WORKDIR /src
 COPY setup.cfg setup.py pyproject.toml README.md knowledge_nest_quiet.pth ./
 COPY services ./services
 COPY gateway ./gateway
+COPY operations ./operations
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

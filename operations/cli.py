@@ -5,7 +5,8 @@ environment): --config FILE, else $KN_CONFIG, else ./config.yml. Times (replay's
 --until) are ISO 8601 (2026-11-26T10:00:00Z; no offset: UTC) or relative to now: 90s, 30m, 1h,
 2d, 1w, 1h30m. Long commands show a progress bar on a terminal and count lines otherwise.
 
-This module is the whole CLI (parsing, presentation, progress); what it does lives in the kit.
+This module is the whole CLI (parsing, presentation, progress); what it does lives beside it in
+operations/, in the kit and in the analytics service (replay).
 """
 import argparse
 import contextlib
@@ -151,13 +152,13 @@ def print_json(value):
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_declare(args, config):
-    from services.kit.shell import declare
+    from operations.shell import declare
     declare(config)
     print("declared the knowledge_nest_events topology")
 
 
 def cmd_publish(args, config):
-    from services.kit.shell import publish_event
+    from operations.shell import publish_event
     try:
         data = json.loads(args.data)
     except ValueError as exc:
@@ -199,7 +200,7 @@ def cmd_makemigration(args, config):
 
 @contextlib.contextmanager
 def dead_letters(config, queues):
-    from services.kit.dlq import DeadLetters
+    from operations.dlq import DeadLetters
     connection = broker_connection(config)
     with DeadLetters(connection, config) as session:
         try:
@@ -252,7 +253,7 @@ def cmd_dlq_show(args, config):
 def cmd_dlq_requeue(args, config):
     if not (args.queues or args.event_ids or args.all):
         raise CliError("say which: --all, --queue Q or --event-id ID")
-    from services.kit.moves import MoveFailed
+    from operations.moves import MoveFailed
     with dead_letters(config, args.queues) as (session, queues):
         try:
             moved = session.requeue(queues, set(args.event_ids or ()),
@@ -284,8 +285,9 @@ def cmd_dlq_purge(args, config):
 
 
 def cmd_migrate_queues(args, config):
+    from operations.moves import MoveFailed
+    from operations.queue_migration import migrate_queues
     from services.kit import topology
-    from services.kit.moves import MoveFailed
 
     subscriptions = topology.configured_subscriptions(config)
     if args.queues:
@@ -296,8 +298,8 @@ def cmd_migrate_queues(args, config):
                          if name in args.queues}
     with broker_connection(config) as connection:
         try:
-            for queue_name, moved in topology.migrate_queues(connection.connection, config,
-                                                             subscriptions, progress_factory()):
+            for queue_name, moved in migrate_queues(connection.connection, config, subscriptions,
+                                                    progress_factory()):
                 if moved is None:
                     print(f"{queue_name}: arguments already match")
                 else:
