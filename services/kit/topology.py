@@ -27,7 +27,8 @@ from services.kit.constants import (
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_QUEUE_TYPE, DEFAULT_RETRY_DELAYS,
     EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE,
     EXTRA_SUBSCRIPTIONS_CONFIG_KEY, MAX_PRIORITY, QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES,
-    RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS_CONFIG_KEY,
+    RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGE, SHELL_EVENT_EXCHANGES_CONFIG_KEY,
+    SUBSCRIPTIONS_CONFIG_KEY,
 )
 
 MIGRATE_COMMAND = "knowledge-nest migrate-queues"
@@ -52,6 +53,14 @@ def configured_subscriptions(config):
     wanted.update({name: tuple(keys) for name, keys
                    in ((config or {}).get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {}).items()})
     return wanted
+
+
+def shell_event_exchanges(config):
+    """The exchanges bound to ours for nameko's shell: the kit's and config's
+    SHELL_EVENT_EXCHANGES (the application's; this suite's are contracts/subscriptions.py's)."""
+    configured = configured_object(config, SHELL_EVENT_EXCHANGES_CONFIG_KEY, ())
+    return (SHELL_EVENT_EXCHANGE,) + tuple(name for name in configured
+                                           if name != SHELL_EVENT_EXCHANGE)
 
 
 def events_exchange():
@@ -211,7 +220,7 @@ def declare_topology(connection, config, subscriptions=None):
         events = events_exchange()(channel)
         events.declare()
         dead_letter_exchange()(channel).declare()
-        for name in SHELL_EVENT_EXCHANGES:
+        for name in shell_event_exchanges(config):
             shell_exchange = Exchange(name, type="topic", durable=True)(channel)
             shell_exchange.declare()
             # exchange-to-exchange binding: whatever reaches "<service>.events" reaches ours
