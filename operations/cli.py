@@ -133,15 +133,13 @@ def amqp_uri(config):
 def broker_connection(config):
     """A connected kombu connection (no heartbeat: the command reads it only when it waits)."""
     from nameko.constants import AMQP_SSL_CONFIG_KEY
-    from nameko.utils import sanitize_url
-
-    from services.kit.amqp import make_connection
+    from services.kit.amqp import make_connection, sanitize_uri
     uri = amqp_uri(config)
     connection = make_connection(uri, heartbeat=0, ssl=config.get(AMQP_SSL_CONFIG_KEY))
     try:
         connection.ensure_connection(max_retries=3)
     except Exception as exc:
-        raise CliError(f"cannot reach the broker at {sanitize_url(uri)}: {exc}") from None
+        raise CliError(f"cannot reach the broker at {sanitize_uri(uri)}: {exc}") from None
     return connection
 
 
@@ -339,8 +337,8 @@ def expiring_rpc_proxy(service_name, config, timeout):
 def cmd_create_admin(args, config):
     from nameko.constants import AMQP_URI_CONFIG_KEY
     from nameko.exceptions import RpcTimeout, UnknownService
-    from nameko.utils import sanitize_url
 
+    from services.kit.amqp import sanitize_uri
     from services.kit.errors import ServiceError  # registers the typed errors with nameko
     from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
 
