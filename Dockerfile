@@ -5,8 +5,10 @@
 FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY setup.cfg setup.py pyproject.toml README.md knowledge_nest_quiet.pth ./
+COPY contracts ./contracts
 COPY services ./services
 COPY gateway ./gateway
+COPY operations ./operations
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

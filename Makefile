@@ -41,7 +41,7 @@ install: $(VENV)/.installed
 # the gateway; Ctrl-C stops it all. To use another checkout's venv without reinstalling this one
 # into it: make -o /abs/venv/.installed run VENV=/abs/venv
 run: install
-	$(BIN)/python -m services.kit.runner --config $(CONFIG)
+	$(BIN)/python -m operations.runner --config $(CONFIG)
 
 # The broker, its management API and PostgreSQL, started or enabled where this machine has them;
 # otherwise one line says what to run.

@@ -10,8 +10,8 @@ from contracts.events import (
     CONTRACTS, COURSE_CREATED, COURSE_ENROLLED, EVENT_TYPES, EXCHANGE, OWNERS, REVIEW_CREATED,
     USER_REGISTERED, Contract, ContractViolation, InvalidEventData, contract_for,
 )
-from contracts.subscriptions import SUBSCRIPTIONS
+from contracts.subscriptions import SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS
 
 __all__ = ["CONTRACTS", "COURSE_CREATED", "COURSE_ENROLLED", "EVENT_TYPES", "EXCHANGE", "OWNERS",
-           "REVIEW_CREATED", "SUBSCRIPTIONS", "USER_REGISTERED", "Contract", "ContractViolation",
-           "InvalidEventData", "contract_for"]
+           "REVIEW_CREATED", "SHELL_EVENT_EXCHANGES", "SUBSCRIPTIONS", "USER_REGISTERED",
+           "Contract", "ContractViolation", "InvalidEventData", "contract_for"]

@@ -8,7 +8,13 @@ handler is missing here, or listed with other keys than its decorator's).
     knowledge_nest_events (topic) --user.registered--> [notification.send_welcome]
                                   --review.created---> [course.update_rating]
                                   ...
+
+It also names the exchanges nameko's shell publishes to as the event owners
+(``n.dispatch_event("auth", type, body)`` goes to ``auth.events``): config's
+``SHELL_EVENT_EXCHANGES`` points the kit at them, and it binds each to knowledge_nest_events.
 """
+from contracts.events import OWNERS
+
 SUBSCRIPTIONS = {
     "course.update_rating": ("review.created",),
     "notification.send_welcome": ("user.registered",),
@@ -17,3 +23,5 @@ SUBSCRIPTIONS = {
     "notification.notify_instructor_of_review": ("review.created",),
     "analytics.record_event": ("#",),
 }
+
+SHELL_EVENT_EXCHANGES = tuple(f"{owner}.events" for owner in sorted(set(OWNERS.values())))

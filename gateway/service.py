@@ -17,6 +17,7 @@ from gateway import schemas
 from gateway.auth import KnownUsersCache, TokenAuth
 from gateway.http import BadRequest, http, json_response, read_body
 from gateway.live import LiveFeed, StreamBody, WebSocketStream
+from gateway.metrics import HttpMetrics
 from contracts.asyncapi import document as asyncapi_document
 from gateway.openapi import openapi_document
 from services.kit import metrics
@@ -88,7 +89,7 @@ class GatewayService:
     tokens = TokenAuth()
     known_users = KnownUsersCache()  # a token's user must exist (gateway/auth.py)
     config = Config()
-    http_metrics = metrics.HttpMetrics()  # requests by route and status, latency; access log
+    http_metrics = HttpMetrics()  # requests by route and status, latency; access log
     live = LiveFeed()  # every event, as it happens, for /api/events/stream and /api/events/ws
 
     # -- accounts --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Create one RabbitMQ user per service with its least permissions (services/kit/broker_access.py).
+"""Create one RabbitMQ user per service with its least permissions (operations/broker_access.py).
 
     # a local broker, through its management API (as its administrator):
     python scripts/broker_users.py apply --vhost / --password-file var/broker-passwords.json
@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from services.kit.broker_access import (  # noqa: E402
+from operations.broker_access import (  # noqa: E402
     SERVICES, ManagementApi, default_users, definitions, publishers)
 
 

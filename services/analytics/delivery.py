@@ -8,13 +8,14 @@ name as routing key: the kit's ``x-original-routing-key`` header names the origi
 """
 from nameko.extensions import DependencyProvider
 
+from contracts.subscriptions import SHELL_EVENT_EXCHANGES
 from services.kit.constants import (
-    EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, SHELL_EVENT_EXCHANGES,
+    EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, SHELL_EVENT_EXCHANGE,
 )
 from services.kit.events import EventHandler
 
 CONTEXT_KEY = "delivery_routing_key"
-EVENT_EXCHANGES = (EVENTS_EXCHANGE,) + SHELL_EVENT_EXCHANGES
+EVENT_EXCHANGES = (EVENTS_EXCHANGE, SHELL_EVENT_EXCHANGE) + SHELL_EVENT_EXCHANGES
 
 
 def original_routing_key(headers, exchange, routing_key):

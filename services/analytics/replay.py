@@ -17,6 +17,7 @@ event_id, event_type, timestamp, source, version and data, as persistent JSON wi
 Each replayed message carries ``x-replayed`` (when) and ``x-original-routing-key`` headers.
 ``--since``/``--until`` select on the event's own timestamp (since inclusive, until exclusive).
 """
+import contextlib
 import json
 import os
 import sqlite3
@@ -35,10 +36,19 @@ from services.kit.trust import broker_user
 # HEADER_REPLAYED: the kit's consumers look such an event up in their inbox before the handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REPLAYED
 from services.kit.db import database_uri, normalize_url
-from services.kit.moves import no_progress
 
 BATCH_SIZE = 200
 SERVICE_NAME = "analytics"
+
+
+@contextlib.contextmanager
+def no_progress(label, total):
+    """Progress shown to no one (bench, tests); ``knowledge-nest replay`` passes its own bar
+    (operations/cli.py: ``progress(label, total)`` yielding something with ``update(n)``)."""
+    class Silent:
+        def update(self, count):
+            pass
+    yield Silent()
 
 
 class ReplayError(Exception):

@@ -7,10 +7,10 @@ DEAD_LETTER_EXCHANGE = "knowledge_nest_events.dlx"
 DEAD_LETTER_SUFFIX = ".dlq"
 RETRY_SUFFIX = ".retry"
 
-# nameko's shell dispatches to "<service>.events" (``n.dispatch_event(service, type, body)``).
-# These exchanges are bound to EVENTS_EXCHANGE so an event dispatched from the shell reaches
-# the same handlers.
-SHELL_EVENT_EXCHANGES = ("knowledge_nest.events", "auth.events", "course.events", "review.events")
+# nameko's shell dispatches to "<name>.events" (``n.dispatch_event(name, type, body)``). The
+# kit binds this one, and those config's SHELL_EVENT_EXCHANGES names (the application's), to
+# EVENTS_EXCHANGE, so an event dispatched from the shell reaches the same handlers.
+SHELL_EVENT_EXCHANGE = "knowledge_nest.events"
 
 ENVELOPE_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -32,6 +32,8 @@ PREFETCH_COUNT_CONFIG_KEY = "PREFETCH_COUNT"
 # "module:attribute" of one (config.yml: contracts.subscriptions:SUBSCRIPTIONS).
 SUBSCRIPTIONS_CONFIG_KEY = "SUBSCRIPTIONS"
 EXTRA_SUBSCRIPTIONS_CONFIG_KEY = "EXTRA_SUBSCRIPTIONS"  # {queue: [binding keys]} declared too
+# More shell exchanges to bind (a list, or the import path of one, like SUBSCRIPTIONS').
+SHELL_EVENT_EXCHANGES_CONFIG_KEY = "SHELL_EVENT_EXCHANGES"
 RETRY_DELAYS_CONFIG_KEY = "EVENT_RETRY_DELAYS"  # seconds between tries of a failing handler
 DEFAULT_RETRY_DELAYS = (1, 5, 30)
 OUTBOX_POLL_INTERVAL_CONFIG_KEY = "OUTBOX_POLL_INTERVAL"  # seconds between sweeps for leftovers

@@ -19,21 +19,16 @@ Events (label ``service``: the one counting; ``event_type``; ``queue``: ``<servi
     knowledge_nest_rows_pruned_total             outbox rows and inbox records deleted by the
                                                  retention sweep (label ``table``: outbox/inbox)
 
-HTTP (the gateway): ``knowledge_nest_http_requests_total{method, route, status}`` and
-``knowledge_nest_http_request_duration_seconds{method, route}`` (a histogram); ``route`` is the
-URL rule (``/api/courses/<int:course_id>``), never the raw path.
+The gateway counts its HTTP requests in the same registry (gateway/metrics.py).
 """
 import logging
 import threading
-import time
-import weakref
 
-from nameko.extensions import DependencyProvider, SharedExtension
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from nameko.extensions import SharedExtension
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from prometheus_client import REGISTRY, start_http_server
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("gateway.access")
 
 METRICS_PORT_CONFIG_KEY = "METRICS_PORT"
 
@@ -59,12 +54,6 @@ OUTBOX_BACKLOG = Gauge(
 ROWS_PRUNED = Counter(
     "knowledge_nest_rows_pruned_total", "Sent outbox rows and inbox records past retention deleted",
     ["service", "table"])
-HTTP_REQUESTS = Counter(
-    "knowledge_nest_http_requests_total", "HTTP requests answered by the gateway",
-    ["method", "route", "status"])
-HTTP_LATENCY = Histogram(
-    "knowledge_nest_http_request_duration_seconds", "Time to answer an HTTP request",
-    ["method", "route"])
 
 
 # Hooks, called by services/kit/events.py: one line each there.
@@ -124,36 +113,6 @@ class MetricsServer(SharedExtension):
         port = self.container.config.get(METRICS_PORT_CONFIG_KEY)
         if port not in (None, "", 0, "0"):
             serve(int(port))
-
-
-class HttpMetrics(DependencyProvider):
-    """Counts and times each request a gateway route answered, by route and status, and logs it
-    (logger ``gateway.access``) with the request's call id."""
-
-    def setup(self):
-        self._started = weakref.WeakKeyDictionary()
-
-    def worker_setup(self, worker_ctx):
-        self._started[worker_ctx] = time.perf_counter()
-
-    def worker_result(self, worker_ctx, result=None, exc_info=None):
-        status = getattr(result, "status_code", None)
-        if status is None:
-            status = 500
-            if exc_info is not None:
-                from gateway.http import ERROR_TABLE  # the status the gateway answers with
-                status = next((row[1] for row in ERROR_TABLE if isinstance(exc_info[1], row[0])),
-                              500)
-        entrypoint = worker_ctx.entrypoint
-        route = getattr(entrypoint, "url", entrypoint.method_name)
-        method = getattr(entrypoint, "method", "")
-        HTTP_REQUESTS.labels(method, route, str(status)).inc()
-        started = self._started.pop(worker_ctx, None)
-        if started is not None:
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
-        request = worker_ctx.args[0] if worker_ctx.args else None
-        access_log.info("%s %s -> %s", method, getattr(request, "full_path", route).rstrip("?"),
-                        status)
 
 
 def event_type_of(message):

@@ -242,7 +242,7 @@ def test_f6_consumers_database_unavailable_for_a_while(fault_suite, make_service
     from urllib.parse import urlparse
 
     from services.kit.amqp import make_connection
-    from services.kit.dlq import DeadLetters
+    from operations.dlq import DeadLetters
     from tests.support.proxy import TcpProxy
     direct = make_service_database("notification", "postgresql")
     url = urlparse(direct)

@@ -19,8 +19,10 @@ SERVICES = ("auth", "course", "review", "notification", "analytics")
 
 
 def shipped_sources():
-    """Every file of services/ and gateway/ in the checkout a running service may read."""
-    listed = processes.run(["git", "ls-files", "services", "gateway"], cwd=ROOT, check=True)
+    """Every file of services/, gateway/ and operations/ in the checkout a running service or
+    the knowledge-nest command may read."""
+    listed = processes.run(["git", "ls-files", "services", "gateway", "operations"], cwd=ROOT,
+                           check=True)
     return {path for path in listed.stdout.split() if os.path.isfile(os.path.join(ROOT, path))}
 
 

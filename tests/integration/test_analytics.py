@@ -153,7 +153,7 @@ def cli(config, tmp_path, *args, stdin=None, timeout=120):
     path = tmp_path / f"config-{uuid.uuid4().hex[:8]}.yml"
     path.write_text(yaml.safe_dump({key: value for key, value in config.items()
                                     if key != "LOGGING"}))
-    return processes.run([sys.executable, "-m", "services.kit.cli", "--config", str(path),
+    return processes.run([sys.executable, "-m", "operations.cli", "--config", str(path),
                           *args], input=stdin, cwd=ROOT, timeout=timeout)
 
 

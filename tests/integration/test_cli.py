@@ -35,7 +35,7 @@ def cli_config(rabbit_config, tmp_path):
 
 
 def knowledge_nest(config_path, *args):
-    return subprocess.run([sys.executable, "-m", "services.kit.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "operations.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, KN_CONFIG=str(config_path)))
 
@@ -101,7 +101,7 @@ def test_requeue_on_a_terminal_draws_a_progress_bar(cli_config, plain):
     park(plain, PARKED)
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "services.kit.cli", "--config",
+    process = subprocess.Popen([sys.executable, "-m", "operations.cli", "--config",
                                 str(cli_config), "dlq", "requeue", "--all"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=terminal, text=True)
     os.close(terminal)

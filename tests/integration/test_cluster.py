@@ -12,7 +12,7 @@ from nameko.testing.services import entrypoint_hook
 
 from services.course.service import CourseService
 from services.kit.amqp import ConfirmedPublisher, PublishFailed, apply_broker_hosts, event_message
-from services.kit.cli import main as knowledge_nest
+from operations.cli import main as knowledge_nest
 from services.notification.service import NotificationService
 from tests.integration.test_event_kit import (  # noqa: F401 (fixtures)
     RECORD_QUEUE, Recorder, databases, effects, unsent,

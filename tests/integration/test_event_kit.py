@@ -369,7 +369,7 @@ def test_nameko_shell_dispatch_reaches_the_same_handlers(container_factory, conf
 
 
 def test_publish_event_helper_reaches_the_same_handlers(container_factory, config):
-    from services.kit.shell import publish_event
+    from operations.shell import publish_event
     container = container_factory(Recorder, config)
     container.start()
 
@@ -396,9 +396,9 @@ class Flaky:
 def test_dlq_commands_list_show_requeue_and_purge(container_factory, config, plain, tmp_path,
                                                   capsys):
     from services.kit.amqp import make_connection
-    from services.kit.cli import main as knowledge_nest
-    from services.kit.dlq import DeadLetters
-    from services.kit.shell import publish_event
+    from operations.cli import main as knowledge_nest
+    from operations.dlq import DeadLetters
+    from operations.shell import publish_event
 
     config = dict(config, EVENT_RETRY_DELAYS=[], EXTRA_SUBSCRIPTIONS={FRAGILE_QUEUE: ["fragile.*"]})
     Flaky.failing = True

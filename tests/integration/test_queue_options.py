@@ -6,7 +6,7 @@ from nameko.rpc import rpc
 from nameko.testing.services import entrypoint_hook
 
 from services.kit import Database, EventDispatcher
-from services.kit.cli import main as knowledge_nest
+from operations.cli import main as knowledge_nest
 from services.kit.topology import QueueArgumentsMismatch
 from tests.integration.test_event_kit import (  # noqa: F401 (fixtures)
     RECORD_QUEUE, Base, Recorder, config, databases, effects, unsent,

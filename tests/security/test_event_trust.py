@@ -14,7 +14,7 @@ from gateway.service import GatewayService
 from services.analytics.service import AnalyticsService
 from services.auth.service import AuthService
 from services.course.service import CourseService
-from services.kit.broker_access import ManagementApi, definitions, publishers
+from operations.broker_access import ManagementApi, definitions, publishers
 from services.notification.service import NotificationService
 from services.review.service import ReviewService
 from tests.e2e.conftest import Api

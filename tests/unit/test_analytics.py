@@ -327,7 +327,7 @@ def test_the_public_register_refuses_the_admin_role():
 
 
 def test_create_admin_reads_one_line_of_stdin(monkeypatch):
-    from services.kit import cli
+    from operations import cli
     args = cli.build_parser().parse_args(
         ["create-admin", "--email", "root@example.com", "--name", "Root", "--password-stdin"])
     monkeypatch.setattr("sys.stdin", io.StringIO("my admin passphrase\nignored\n"))
@@ -338,7 +338,7 @@ def test_create_admin_reads_one_line_of_stdin(monkeypatch):
 
 
 def test_create_admin_prompts_twice_and_refuses_a_mismatch(monkeypatch):
-    from services.kit import cli
+    from operations import cli
     args = cli.build_parser().parse_args(
         ["create-admin", "--email", "root@example.com", "--name", "Root"])
     answers = iter(["first passphrase", "second passphrase"])
@@ -351,7 +351,7 @@ def test_create_admin_prompts_twice_and_refuses_a_mismatch(monkeypatch):
 
 
 def test_replay_command_line():
-    from services.kit import cli
+    from operations import cli
     args = cli.build_parser().parse_args(
         ["replay", "--since", "2026-11-26T00:00:00Z", "--type", "a.b", "--type", "c.d",
          "--to-queue", "q", "--dry-run"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.kit import cli
+from operations import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -67,7 +67,7 @@ def test_dlq_actions_have_their_own_options(capsys):
 
 
 def run_cli(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "services.kit.cli", *args], cwd=kwargs.pop(
+    return subprocess.run([sys.executable, "-m", "operations.cli", *args], cwd=kwargs.pop(
         "cwd", ROOT), capture_output=True, text=True, timeout=60,
         env=dict(os.environ, **(env or {})), **kwargs)
 
@@ -149,7 +149,7 @@ def test_replay_takes_relative_times_for_since_and_until():
 
 PROGRESS_SCRIPT = textwrap.dedent("""
     import sys, time
-    from services.kit.cli import progress_factory
+    from operations.cli import progress_factory
     progress = progress_factory()
     with progress("requeue", 600) as bar:
         for _ in range(3):

@@ -1,11 +1,11 @@
-"""services/kit/runner.py (``make run``) without a broker: what it does when none answers."""
+"""operations/runner.py (``make run``) without a broker: what it does when none answers."""
 import os
 import stat
 
 import pytest
 from nameko.testing.utils import find_free_port
 
-from services.kit import runner
+from operations import runner
 
 
 def fake_command(directory, name, script):

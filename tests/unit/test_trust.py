@@ -1,5 +1,5 @@
 """Who may publish which event (services/kit/trust.py) and the broker users' permissions
-(services/kit/broker_access.py, docker/rabbitmq/definitions.json)."""
+(operations/broker_access.py, docker/rabbitmq/definitions.json)."""
 import base64
 import hashlib
 import json
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from services.kit.broker_access import SERVICES, default_users, password_hash, permissions
+from operations.broker_access import SERVICES, default_users, password_hash, permissions
 from contracts import OWNERS as EVENT_OWNERS, SUBSCRIPTIONS
 from services.kit.trust import PublisherCheck, UntrustedPublisher
 

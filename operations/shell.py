@@ -1,6 +1,6 @@
 """Publish an event by hand, e.g. from ``nameko shell --config config.yml``::
 
-    >>> from services.kit.shell import publish_event
+    >>> from operations.shell import publish_event
     >>> publish_event(n.config, "user.registered",
     ...               {"user_id": 7, "email": "ada@example.com", "name": "Ada"})
     '4f0c...'   # the event_id

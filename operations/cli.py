@@ -5,7 +5,8 @@ environment): --config FILE, else $KN_CONFIG, else ./config.yml. Times (replay's
 --until) are ISO 8601 (2026-11-26T10:00:00Z; no offset: UTC) or relative to now: 90s, 30m, 1h,
 2d, 1w, 1h30m. Long commands show a progress bar on a terminal and count lines otherwise.
 
-This module is the whole CLI (parsing, presentation, progress); what it does lives in the kit.
+This module is the whole CLI (parsing, presentation, progress); what it does lives beside it in
+operations/, in the kit and in the analytics service (replay).
 """
 import argparse
 import contextlib
@@ -132,15 +133,13 @@ def amqp_uri(config):
 def broker_connection(config):
     """A connected kombu connection (no heartbeat: the command reads it only when it waits)."""
     from nameko.constants import AMQP_SSL_CONFIG_KEY
-    from nameko.utils import sanitize_url
-
-    from services.kit.amqp import make_connection
+    from services.kit.amqp import make_connection, sanitize_uri
     uri = amqp_uri(config)
     connection = make_connection(uri, heartbeat=0, ssl=config.get(AMQP_SSL_CONFIG_KEY))
     try:
         connection.ensure_connection(max_retries=3)
     except Exception as exc:
-        raise CliError(f"cannot reach the broker at {sanitize_url(uri)}: {exc}") from None
+        raise CliError(f"cannot reach the broker at {sanitize_uri(uri)}: {exc}") from None
     return connection
 
 
@@ -151,13 +150,13 @@ def print_json(value):
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_declare(args, config):
-    from services.kit.shell import declare
+    from operations.shell import declare
     declare(config)
     print("declared the knowledge_nest_events topology")
 
 
 def cmd_publish(args, config):
-    from services.kit.shell import publish_event
+    from operations.shell import publish_event
     try:
         data = json.loads(args.data)
     except ValueError as exc:
@@ -199,7 +198,7 @@ def cmd_makemigration(args, config):
 
 @contextlib.contextmanager
 def dead_letters(config, queues):
-    from services.kit.dlq import DeadLetters
+    from operations.dlq import DeadLetters
     connection = broker_connection(config)
     with DeadLetters(connection, config) as session:
         try:
@@ -252,7 +251,7 @@ def cmd_dlq_show(args, config):
 def cmd_dlq_requeue(args, config):
     if not (args.queues or args.event_ids or args.all):
         raise CliError("say which: --all, --queue Q or --event-id ID")
-    from services.kit.moves import MoveFailed
+    from operations.moves import MoveFailed
     with dead_letters(config, args.queues) as (session, queues):
         try:
             moved = session.requeue(queues, set(args.event_ids or ()),
@@ -284,8 +283,9 @@ def cmd_dlq_purge(args, config):
 
 
 def cmd_migrate_queues(args, config):
+    from operations.moves import MoveFailed
+    from operations.queue_migration import migrate_queues
     from services.kit import topology
-    from services.kit.moves import MoveFailed
 
     subscriptions = topology.configured_subscriptions(config)
     if args.queues:
@@ -296,8 +296,8 @@ def cmd_migrate_queues(args, config):
                          if name in args.queues}
     with broker_connection(config) as connection:
         try:
-            for queue_name, moved in topology.migrate_queues(connection.connection, config,
-                                                             subscriptions, progress_factory()):
+            for queue_name, moved in migrate_queues(connection.connection, config, subscriptions,
+                                                    progress_factory()):
                 if moved is None:
                     print(f"{queue_name}: arguments already match")
                 else:
@@ -337,8 +337,8 @@ def expiring_rpc_proxy(service_name, config, timeout):
 def cmd_create_admin(args, config):
     from nameko.constants import AMQP_URI_CONFIG_KEY
     from nameko.exceptions import RpcTimeout, UnknownService
-    from nameko.utils import sanitize_url
 
+    from services.kit.amqp import sanitize_uri
     from services.kit.errors import ServiceError  # registers the typed errors with nameko
     from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
 

@@ -1,6 +1,6 @@
 """``make run``: check the broker, migrate every database, then run every service in one process.
 
-    python -m services.kit.runner --config config.yml
+    python -m operations.runner --config config.yml
 
 No broker answering on this machine's AMQP port: if ``rabbitmq-server`` is installed, it is
 started (``rabbitmq-server -detached``) and stopped again when the suite stops; otherwise a
@@ -27,7 +27,7 @@ from nameko.utils import sanitize_url
 from services.kit.amqp import connect, sanitize_uri
 from services.kit.config import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NO_BROKER = """\
 No RabbitMQ broker answers at {uri}.
@@ -148,7 +148,7 @@ def main(argv=None):
 def run_suite(config_path, config):
     amqp_uri = config[AMQP_URI_CONFIG_KEY]
 
-    from services.kit.cli import main as knowledge_nest
+    from operations.cli import main as knowledge_nest
     knowledge_nest(["--config", config_path, "migrate"])
 
     modules = service_modules()

@@ -24,13 +24,13 @@ import hashlib
 import os
 import re
 
-from contracts import OWNERS, SUBSCRIPTIONS
+from contracts import OWNERS, SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS
 
 SERVICES = ("auth", "course", "review", "notification", "analytics", "gateway")
 DEFAULT_USER_PREFIX = "knowledge_nest_"
 # every queue and exchange of the event topology
 _EXCHANGES = r"knowledge_nest_events|knowledge_nest_events\.dlx|knowledge_nest\.events|" \
-             r"(auth|course|review)\.events"
+             r"(%s)\.events" % "|".join(name.split(".")[0] for name in SHELL_EVENT_EXCHANGES)
 _EVENT_QUEUES = r"(%s)\..+" % "|".join(sorted({name.split(".")[0] for name in SUBSCRIPTIONS}))
 
 

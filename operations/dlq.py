@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import amqp
 
 from services.kit import topology
-from services.kit.moves import message_body, move_messages, no_progress, queue_length
+from operations.moves import message_body, move_messages, no_progress, queue_length
 from services.kit.constants import (
     DEAD_LETTER_SUFFIX, HEADER_ATTEMPTS, HEADER_EXCEPTION,
     HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REASON,
