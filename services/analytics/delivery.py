@@ -11,7 +11,7 @@ from nameko.extensions import DependencyProvider
 from services.kit.constants import (
     EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, SHELL_EVENT_EXCHANGES,
 )
-from services.kit.events import EventHandler
+from services.kit.handlers import EventHandler
 
 CONTEXT_KEY = "delivery_routing_key"
 EVENT_EXCHANGES = (EVENTS_EXCHANGE,) + SHELL_EVENT_EXCHANGES

@@ -18,19 +18,22 @@ horizon only if it handles events; without the horizon its inbox is never pruned
 and its service class declares ``db = Database(Base)``. Entrypoints use ``self.db.session``.
 """
 import functools
+import logging
 import os
 from datetime import datetime, timezone
 
 import nameko_sqlalchemy
 from sqlalchemy import (
-    BigInteger, DateTime, Integer, String, Text, create_engine, event, select, text,
+    BigInteger, DateTime, Integer, String, Text, create_engine, event, text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit import pg
 from services.kit.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 # SQLite wants INTEGER PRIMARY KEY for an auto-incrementing id; PostgreSQL gets a BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -139,6 +142,25 @@ def create_engine_for(uri, max_workers=10, pool_size=0, **overrides):
     return engine
 
 
+def rollback(session):
+    """Roll a failed worker's transaction back (it frees SQLite's one connection); a rollback
+    that fails too (the database went away) is logged, not raised: the connection is dropped."""
+    try:
+        session.rollback()
+    except Exception:
+        log.warning("rollback failed", exc_info=True)
+
+
+def find_database(container, user):
+    """The container's one ``Database`` (``user`` names who needs it, for the error)."""
+    databases = [dep for dep in container.dependencies if isinstance(dep, Database)]
+    if len(databases) != 1:
+        raise RuntimeError(
+            f"{user} of service {container.service_name!r} needs exactly one "
+            f"services.kit.Database dependency (it has {len(databases)})")
+    return databases[0]
+
+
 def find_model(declarative_base, mixin):
     for mapper in declarative_base.registry.mappers:
         if issubclass(mapper.class_, mixin):
@@ -191,13 +213,12 @@ class Database(nameko_sqlalchemy.Database):
         return find_model(self.declarative_base, InboxHorizonMixin)
 
     def worker_setup(self, worker_ctx):
-        inbox_entries = getattr(worker_ctx.entrypoint, "inbox_entries", None)
-        if inbox_entries is not None:
-            consumer, events = inbox_entries(worker_ctx)
-            self.require(self.inbox_model, "InboxRecordMixin", "an @event_handler")
-            self.worker_session(worker_ctx).add_all(
-                [self.inbox_model(consumer=consumer, event_id=event.event_id,
-                                  event_type=event.event_type) for event in events])
+        # An event handler's worker: its inbox records go in before the handler runs, so that
+        # whatever it writes commits with them (inbox.py).
+        inbox = getattr(worker_ctx.entrypoint, "inbox", None)
+        if inbox is not None:
+            inbox.record(self.worker_session(worker_ctx),
+                         worker_ctx.entrypoint.events_of(worker_ctx))
 
     def worker_session(self, worker_ctx):
         return self.dbs[worker_ctx].session
@@ -207,30 +228,3 @@ class Database(nameko_sqlalchemy.Database):
             raise RuntimeError(
                 f"{user} of service {self.container.service_name!r} needs a model using "
                 f"{mixin_name} on {self.declarative_base.__name__} (see services/kit/db.py)")
-
-    # inbox ------------------------------------------------------------------------------------
-
-    def has_processed(self, consumer, event_id):
-        self.require(self.inbox_model, "InboxRecordMixin", "an @event_handler")
-        with self.Session(close_on_exit=True) as session:
-            found = session.execute(
-                select(self.inbox_model.event_id).where(
-                    self.inbox_model.consumer == consumer,
-                    self.inbox_model.event_id == event_id)
-            ).first()
-            session.rollback()  # a read only: nothing to commit
-        return found is not None
-
-    def commit_worker(self, worker_ctx, consumer, event_id):
-        """Commit the worker's session; True if committed, False if the event was a duplicate."""
-        session = self.worker_session(worker_ctx)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            if self.has_processed(consumer, event_id):
-                return False  # a concurrent delivery of the same event committed first
-            raise
-        return True
-
-
