@@ -23,7 +23,8 @@ a record must outlive every way the same event can arrive again:
   consumer, its horizon (``inbox_horizons.pruned_before``): records processed before it may be
   gone. A replayed event whose timestamp is before that horizon (less ``CLOCK_SKEW_MARGIN``) and
   that the inbox does not know cannot be told apart from one handled long ago: the consumer
-  parks it in its DLQ with that reason instead of risking a second effect. A consumer that
+  parks it in its DLQ with that reason instead of risking a second effect
+  (``Inbox.may_have_forgotten``, inbox.py). A consumer that
   never pruned (a new one, fed its history with ``replay --to-queue``) has no horizon and
   handles the whole history.
 
