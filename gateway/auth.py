@@ -53,10 +53,6 @@ class Principal:
     role: str
 
     @property
-    def is_instructor(self):
-        return self.role == "instructor"
-
-    @property
     def is_admin(self):
         return self.role == "admin"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import amqp
 
 from services.kit import topology
+from services.kit.amqp import new_publisher
 from operations.moves import message_body, move_messages, no_progress, queue_length
 from services.kit.constants import (
     DEAD_LETTER_SUFFIX, HEADER_ATTEMPTS, HEADER_EXCEPTION,
@@ -139,7 +140,6 @@ class DeadLetters:
 
     def requeue(self, queues=None, event_ids=None, progress=no_progress):
         """Send parked messages back to their queue (all, or those with ``event_ids``)."""
-        from services.kit.events import new_publisher
         publisher = new_publisher(self.config)
         try:
             return sum(move_messages(self.connection.connection, queue, publisher,

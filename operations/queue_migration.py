@@ -8,7 +8,7 @@ queue of the topology the kit declares, shovel-free, moving its messages with mo
 import amqp
 
 from operations.moves import message_body, move_messages, no_progress
-from services.kit.events import new_publisher
+from services.kit.amqp import new_publisher
 from services.kit.topology import entity_bindings, subscription_entities
 from services.kit.trust import broker_user, republished
 

@@ -17,7 +17,7 @@ from services.kit.amqp import event_message, make_connection
 from services.kit.trust import broker_user
 from services.kit.constants import DEFAULT_HEARTBEAT, EVENTS_EXCHANGE
 from services.kit.envelope import new_event
-from services.kit.events import new_publisher
+from services.kit.amqp import new_publisher
 from services.kit.topology import declare_topology
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from contracts.subscriptions import SHELL_EVENT_EXCHANGES
 from services.kit.constants import (
     EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, SHELL_EVENT_EXCHANGE,
 )
-from services.kit.events import EventHandler
+from services.kit.handlers import EventHandler
 
 CONTEXT_KEY = "delivery_routing_key"
 EVENT_EXCHANGES = (EVENTS_EXCHANGE, SHELL_EVENT_EXCHANGE) + SHELL_EVENT_EXCHANGES

@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, event, func, inspect, select
 
 from services.analytics.models import EventLog
 from services.kit import topology
-from services.kit.amqp import PublishFailed, event_message, make_connection
+from services.kit.amqp import PublishFailed, event_message, make_connection, new_publisher
 from services.kit.trust import broker_user
 # HEADER_REPLAYED: the kit's consumers look such an event up in their inbox before the handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REPLAYED
@@ -190,8 +190,6 @@ def replay(config, since, until=None, event_types=(), to_queue=None, dry_run=Fal
 
 def _publish(config, connection, conditions, total, to_queue, destination, out,
              progress, batch_size):
-    from services.kit.events import new_publisher  # the kit's ConfirmedPublisher, configured
-
     options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL, as the relay does
     replayed_at = datetime.now(timezone.utc).isoformat()
     user = broker_user(config[AMQP_URI_CONFIG_KEY])  # the operator's (EVENT_OPERATORS)

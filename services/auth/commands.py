@@ -1,17 +1,18 @@
-"""auth's business rules, as plain functions of a SQLAlchemy session (the service wires them)."""
+"""auth's business rules, as plain functions of a SQLAlchemy session (the service wires them).
+
+They do not commit: the kit commits each RPC's session when it succeeds (services/kit/rpc.py).
+"""
 import logging
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from contracts import USER_REGISTERED
-from services.auth.models import User
+from services.auth.models import EMAIL_TAKEN, User
 from services.auth.schemas import AuthenticateArgs, RegisterArgs, UserIdArgs, UserSchema
 from services.kit.errors import Conflict, NotFound, Unauthorized, ValidationError
 
 log = logging.getLogger(__name__)
 
-EMAIL_TAKEN = "this email address is already registered"
 BAD_CREDENTIALS = "invalid email or password"
 
 
@@ -19,23 +20,15 @@ def register(session, passwords, dispatch, email, password, name, role="student"
     args = RegisterArgs().load_or_raise(
         {"email": email, "password": password, "name": name, "role": role})
     password_hash = passwords.hash(args["password"])  # before holding a database connection
-    # The check gives the usual case a clean answer; the unique index settles a race.
+    # The check gives the usual case a clean answer (no failed INSERT); the unique index
+    # settles a race with the same Conflict (models.py).
     if session.execute(select(User.id).where(User.email == args["email"])).first():
         raise Conflict(EMAIL_TAKEN, {"email": [EMAIL_TAKEN]})
     user = User(email=args["email"], password_hash=password_hash, name=args["name"],
                 role=args["role"])
     session.add(user)
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(EMAIL_TAKEN, {"email": [EMAIL_TAKEN]}) from None
+    session.flush()  # the id, for the event
     dispatch(USER_REGISTERED, {"user_id": user.id, "email": user.email, "name": user.name})
-    try:
-        session.commit()
-    except IntegrityError:  # the other register committed between our flush and commit
-        session.rollback()
-        raise Conflict(EMAIL_TAKEN, {"email": [EMAIL_TAKEN]}) from None
     log.info("user %s registered as %s", user.id, user.role)
     return UserSchema().dump(user)
 
@@ -61,7 +54,6 @@ def authenticate(session, passwords, throttle, email, password, client_address=N
     user = session.get(User, user_id)
     if passwords.needs_rehash(user.password_hash):  # cost parameters were raised since
         user.password_hash = passwords.hash(args["password"])
-        session.commit()
     return UserSchema().dump(user)
 
 

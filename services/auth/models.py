@@ -2,11 +2,13 @@
 outbox."""
 from datetime import datetime
 
-from sqlalchemy import DateTime, Double, Integer, String
+from sqlalchemy import DateTime, Double, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import OutboxEventMixin
-from services.kit.db import BigId, utcnow
+from services.kit.db import BigId, raises_conflict, utcnow
+
+EMAIL_TAKEN = "this email address is already registered"
 
 
 class Base(DeclarativeBase):
@@ -19,11 +21,13 @@ class OutboxEvent(OutboxEventMixin, Base):
 
 class User(Base):
     __tablename__ = "users"
+    # Emails are always stored normalized (stripped, lowercased): the unique index makes them
+    # unique case-insensitively, and a concurrent register of the same address fails on it.
+    __table_args__ = (Index("ix_users_email", "email", unique=True,
+                            info=raises_conflict(EMAIL_TAKEN, {"email": [EMAIL_TAKEN]})),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    # Always stored normalized (stripped, lowercased): the unique index makes the email unique
-    # case-insensitively, and a concurrent register of the same address fails on it.
-    email: Mapped[str] = mapped_column(String(254), unique=True, index=True)
+    email: Mapped[str] = mapped_column(String(254))
     password_hash: Mapped[str] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(20))

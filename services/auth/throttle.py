@@ -22,6 +22,13 @@ now``) before the password is checked: parallel attempts from one address cannot
 an attempt is counted once, when it fails; one that succeeds is not counted at all. A refused
 attempt costs one indexed read and no argon2. The state is in the database, so it is shared by
 every auth and gateway replica and survives restarts.
+
+Unlike the rest of auth's writes, which the kit commits when the RPC returns (services/kit/rpc.py),
+each step here commits its own transaction in the worker's session, on purpose: ``admit`` must
+have taken its slot before the slow password check, or parallel attempts would all pass it;
+``failed`` must stay counted although the RPC then fails with Unauthorized (which the kit rolls
+back); ``succeeded`` ends its transaction before a possible rehash, so no transaction (nor
+SQLite's one connection) is held during argon2.
 """
 import hashlib
 import time

@@ -6,7 +6,9 @@ from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.kit import InboxHorizonMixin, InboxRecordMixin, OutboxEventMixin
-from services.kit.db import BigId, utcnow
+from services.kit.db import BigId, raises_conflict, utcnow
+
+ALREADY_ENROLLED = "already enrolled in this course"
 
 
 class Base(DeclarativeBase):
@@ -47,7 +49,8 @@ class Course(Base):
 
 class Enrollment(Base):
     __tablename__ = "enrollments"
-    __table_args__ = (UniqueConstraint("user_id", "course_id", name="uq_enrollments_user_course"),)
+    __table_args__ = (UniqueConstraint("user_id", "course_id", name="uq_enrollments_user_course",
+                                       info=raises_conflict(ALREADY_ENROLLED)),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     user_id: Mapped[int] = mapped_column(BigInteger, index=True)  # a user of auth

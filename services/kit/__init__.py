@@ -8,9 +8,10 @@ and nothing from any other service.
 """
 from services.kit.db import Database, InboxHorizonMixin, InboxRecordMixin, OutboxEventMixin
 from services.kit.envelope import Event, InvalidEvent
-from services.kit.events import (
-    BatchEventHandler, EventDispatcher, EventHandler, batch_event_handler, event_handler,
+from services.kit.handlers import (
+    BatchEventHandler, EventHandler, batch_event_handler, event_handler,
 )
+from services.kit.outbox import EventDispatcher
 
 __all__ = [
     "BatchEventHandler",

@@ -21,10 +21,13 @@ import amqp
 from amqp import method_framing
 from kombu import Connection
 from nameko import messaging
-from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
 from nameko.utils import sanitize_url
 
-from services.kit.constants import BROKER_HOSTS_CONFIG_KEY, CONTENT_ENCODING, CONTENT_TYPE
+from services.kit.constants import (
+    BROKER_HOSTS_CONFIG_KEY, CONFIRM_TIMEOUT_CONFIG_KEY, CONTENT_ENCODING, CONTENT_TYPE,
+    DEFAULT_CONFIRM_TIMEOUT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,14 @@ def _one_write(connection):
     finally:
         connection.frame_writer = real_writer
     connection.transport.write(bytes(frames.data))
+
+
+def new_publisher(config):
+    """The ConfirmedPublisher of ``config``'s broker (PUBLISH_CONFIRM_TIMEOUT, AMQP_SSL)."""
+    return ConfirmedPublisher(
+        config[AMQP_URI_CONFIG_KEY],
+        confirm_timeout=float(config.get(CONFIRM_TIMEOUT_CONFIG_KEY, DEFAULT_CONFIRM_TIMEOUT)),
+        ssl=config.get(AMQP_SSL_CONFIG_KEY))
 
 
 class ConfirmedPublisher:

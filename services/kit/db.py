@@ -15,22 +15,35 @@ horizon only if it handles events; without the horizon its inbox is never pruned
     class InboxHorizon(InboxHorizonMixin, Base):
         pass
 
-and its service class declares ``db = Database(Base)``. Entrypoints use ``self.db.session``.
+and its service class declares ``db = Database(Base)``. Entrypoints use ``self.db.session``
+and never commit: the kit does, one rule for every entrypoint (the unit of work)::
+
+    @rpc method returns  --> commit --> reply         (services/kit/rpc.py)
+    @rpc method raises   --> roll back --> reply with the error
+    @event_handler       --> commit with the inbox records --> ack   (inbox.py, handlers.py)
+
+    a write that breaks a unique constraint declared with raises_conflict(message), in the
+    method's flush or in the kit's commit --> Conflict(message), not an IntegrityError
 """
 import functools
+import logging
 import os
+import re
+import sys
 from datetime import datetime, timezone
 
 import nameko_sqlalchemy
 from sqlalchemy import (
-    BigInteger, DateTime, Integer, String, Text, create_engine, event, select, text,
+    BigInteger, DateTime, Index, Integer, String, Text, create_engine, event, text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit import pg
-from services.kit.errors import ServiceUnavailable
+from services.kit.errors import Conflict, ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 # SQLite wants INTEGER PRIMARY KEY for an auto-incrementing id; PostgreSQL gets a BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -139,6 +152,117 @@ def create_engine_for(uri, max_workers=10, pool_size=0, **overrides):
     return engine
 
 
+# unique constraints and indexes -----------------------------------------------------------
+
+def raises_conflict(message, fields=None):
+    """``info`` of a named unique constraint (or index) that a caller can break by asking twice::
+
+        UniqueConstraint("user_id", "course_id", name="uq_enrollments_user_course",
+                         info=raises_conflict(ALREADY_ENROLLED))
+
+    A worker whose write breaks it fails with ``Conflict(message, fields)`` (map_conflicts).
+    """
+    return {"conflict": (message, fields or {})}
+
+
+# SQLite names the columns, not the constraint: "UNIQUE constraint failed: t.a, t.b"
+SQLITE_UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (?P<columns>.+)$")
+PG_UNIQUE_VIOLATION = "23505"
+
+
+def declared_conflicts(metadata):
+    """{constraint name or (table, columns): (message, fields)} of ``metadata``'s unique
+    constraints and indexes declared with raises_conflict()."""
+    declared = {}
+    for table in metadata.tables.values():
+        for item in (*table.constraints, *table.indexes):
+            conflict = item.info.get("conflict")
+            if conflict is None:
+                continue
+            if not item.name or (isinstance(item, Index) and not item.unique):
+                raise ValueError(f"raises_conflict() on {table.name}: only on a named unique "
+                                 f"constraint or index (its name is how PostgreSQL reports it)")
+            declared[item.name] = conflict
+            declared[(table.name, frozenset(column.name for column in item.columns))] = conflict
+    return declared
+
+
+def violated_unique(dbapi_error):
+    """The constraint name (PostgreSQL through pg8000) or (table, columns) (SQLite) a unique
+    violation reports; None for any other error."""
+    fields = dbapi_error.args[0] if dbapi_error.args else None
+    if isinstance(fields, dict):  # pg8000: the server's error fields; "n" is the constraint
+        return fields.get("n") if fields.get("C") == PG_UNIQUE_VIOLATION else None
+    found = SQLITE_UNIQUE_FAILED.match(str(dbapi_error))
+    if found is None:
+        return None
+    qualified = [name.strip().split(".") for name in found["columns"].split(",")]
+    tables = {parts[0] for parts in qualified if len(parts) == 2}
+    if len(tables) != 1 or any(len(parts) != 2 for parts in qualified):
+        return None
+    return tables.pop(), frozenset(parts[1] for parts in qualified)
+
+
+def map_conflicts(engine, metadata):
+    """Make ``engine`` raise the declared Conflict for a write that breaks a unique constraint
+    of ``metadata`` declared with raises_conflict(), wherever the write runs (a command's
+    ``flush()``, the kit's commit); every other error is left as it is."""
+    declared = declared_conflicts(metadata)
+    if not declared:
+        return
+
+    def to_conflict(context):
+        if not isinstance(context.sqlalchemy_exception, IntegrityError):
+            return None
+        conflict = declared.get(violated_unique(context.original_exception))
+        if conflict is None:
+            return None
+        message, fields = conflict
+        return Conflict(message, dict(fields))
+
+    event.listen(engine, "handle_error", to_conflict)
+
+
+# the unit of work ---------------------------------------------------------------------------
+
+def end_transaction(session, exc_info):
+    """End a worker's transaction: commit if the worker succeeded, else roll back.
+
+    Returns the worker's ``exc_info``, or the commit's when the commit failed (rolled back then).
+    """
+    if exc_info is None:
+        try:
+            session.commit()
+            return None
+        except Conflict as exc:  # another worker committed the same unique key first
+            log.warning("commit refused: %s", exc)
+            exc_info = sys.exc_info()
+        except Exception:
+            log.exception("commit failed")
+            exc_info = sys.exc_info()
+    rollback(session)
+    return exc_info
+
+
+def rollback(session):
+    """Roll a failed worker's transaction back (it frees SQLite's one connection); a rollback
+    that fails too (the database went away) is logged, not raised: the connection is dropped."""
+    try:
+        session.rollback()
+    except Exception:
+        log.warning("rollback failed", exc_info=True)
+
+
+def find_database(container, user):
+    """The container's one ``Database`` (``user`` names who needs it, for the error)."""
+    databases = [dep for dep in container.dependencies if isinstance(dep, Database)]
+    if len(databases) != 1:
+        raise RuntimeError(
+            f"{user} of service {container.service_name!r} needs exactly one "
+            f"services.kit.Database dependency (it has {len(databases)})")
+    return databases[0]
+
+
 def find_model(declarative_base, mixin):
     for mapper in declarative_base.registry.mappers:
         if issubclass(mapper.class_, mixin):
@@ -156,7 +280,8 @@ class Database(nameko_sqlalchemy.Database):
     For a worker of an ``@event_handler`` the inbox record of its event (of each of its events, for
     a ``@batch_event_handler``) is added to the worker's session before the handler runs, so
     whatever the handler writes commits together with it; the handler does not commit: the kit
-    does, and acknowledges the messages only after that.
+    does, and acknowledges the messages only after that. The unique constraints of the models
+    declared with raises_conflict() raise their Conflict (map_conflicts).
     """
 
     def setup(self):
@@ -167,6 +292,7 @@ class Database(nameko_sqlalchemy.Database):
         self.engine = create_engine_for(self.db_uri, int(config.get("max_workers", 10)),
                                         int(config.get(POOL_SIZE_CONFIG_KEY) or 0),
                                         **self.engine_options)
+        map_conflicts(self.engine, self.declarative_base.metadata)
         self.Session = nameko_sqlalchemy.database.sessionmaker(
             bind=self.engine, class_=nameko_sqlalchemy.database.Session, **self.session_options)
 
@@ -191,46 +317,22 @@ class Database(nameko_sqlalchemy.Database):
         return find_model(self.declarative_base, InboxHorizonMixin)
 
     def worker_setup(self, worker_ctx):
-        inbox_entries = getattr(worker_ctx.entrypoint, "inbox_entries", None)
-        if inbox_entries is not None:
-            consumer, events = inbox_entries(worker_ctx)
-            self.require(self.inbox_model, "InboxRecordMixin", "an @event_handler")
-            self.worker_session(worker_ctx).add_all(
-                [self.inbox_model(consumer=consumer, event_id=event.event_id,
-                                  event_type=event.event_type) for event in events])
+        # An event handler's worker: its inbox records go in before the handler runs, so that
+        # whatever it writes commits with them (inbox.py).
+        inbox = getattr(worker_ctx.entrypoint, "inbox", None)
+        if inbox is not None:
+            inbox.record(self.worker_session(worker_ctx),
+                         worker_ctx.entrypoint.events_of(worker_ctx))
 
     def worker_session(self, worker_ctx):
         return self.dbs[worker_ctx].session
+
+    def end_transaction(self, worker_ctx, exc_info):
+        """The unit of work of a worker that is no event handler's (end_transaction above)."""
+        return end_transaction(self.worker_session(worker_ctx), exc_info)
 
     def require(self, model, mixin_name, user):
         if model is None:
             raise RuntimeError(
                 f"{user} of service {self.container.service_name!r} needs a model using "
                 f"{mixin_name} on {self.declarative_base.__name__} (see services/kit/db.py)")
-
-    # inbox ------------------------------------------------------------------------------------
-
-    def has_processed(self, consumer, event_id):
-        self.require(self.inbox_model, "InboxRecordMixin", "an @event_handler")
-        with self.Session(close_on_exit=True) as session:
-            found = session.execute(
-                select(self.inbox_model.event_id).where(
-                    self.inbox_model.consumer == consumer,
-                    self.inbox_model.event_id == event_id)
-            ).first()
-            session.rollback()  # a read only: nothing to commit
-        return found is not None
-
-    def commit_worker(self, worker_ctx, consumer, event_id):
-        """Commit the worker's session; True if committed, False if the event was a duplicate."""
-        session = self.worker_session(worker_ctx)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            if self.has_processed(consumer, event_id):
-                return False  # a concurrent delivery of the same event committed first
-            raise
-        return True
-
-

@@ -56,7 +56,7 @@ ROWS_PRUNED = Counter(
     ["service", "table"])
 
 
-# Hooks, called by services/kit/events.py: one line each there.
+# Hooks, called by services/kit/outbox.py and handlers.py: one line each there.
 
 def event_published(service, event_type, count=1):
     EVENTS_PUBLISHED.labels(service, event_type).inc(count)

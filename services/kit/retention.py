@@ -23,7 +23,8 @@ a record must outlive every way the same event can arrive again:
   consumer, its horizon (``inbox_horizons.pruned_before``): records processed before it may be
   gone. A replayed event whose timestamp is before that horizon (less ``CLOCK_SKEW_MARGIN``) and
   that the inbox does not know cannot be told apart from one handled long ago: the consumer
-  parks it in its DLQ with that reason instead of risking a second effect. A consumer that
+  parks it in its DLQ with that reason instead of risking a second effect
+  (``Inbox.may_have_forgotten``, inbox.py). A consumer that
   never pruned (a new one, fed its history with ``replay --to-queue``) has no horizon and
   handles the whole history.
 
@@ -41,7 +42,7 @@ from sqlalchemy import delete, select, tuple_, update
 
 from services.kit import metrics
 from services.kit.background import BackgroundLoop
-from services.kit.db import utcnow
+from services.kit.db import find_database, utcnow
 from services.kit.topology import retry_delays
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,6 @@ class RetentionSweeper(BackgroundLoop, SharedExtension):
     """Deletes what the retention settings let go, for the one Database of its container."""
 
     def setup(self):
-        from services.kit.events import find_database  # events.py imports this module
         (self.outbox_retention, self.inbox_retention, self.poll_interval,
          self.batch_size) = retention_settings(self.container.config)
         self.database = find_database(self.container, "RetentionSweeper")
@@ -167,17 +167,3 @@ class RetentionSweeper(BackgroundLoop, SharedExtension):
                     connection.execute(horizon.__table__.insert().values(
                         consumer=consumer, pruned_before=cutoff))
 
-
-def may_have_forgotten(database, consumer, event):
-    """True if ``consumer``'s inbox may have pruned the record of ``event`` (see the top)."""
-    horizon_model = database.inbox_horizon_model
-    if horizon_model is None or event.timestamp is None:
-        return False
-    with database.engine.connect() as connection:
-        pruned_before = connection.scalar(
-            select(horizon_model.pruned_before).where(horizon_model.consumer == consumer))
-    if pruned_before is None:
-        return False
-    if pruned_before.tzinfo is None:  # SQLite hands back naive UTC
-        pruned_before = pruned_before.replace(tzinfo=event.timestamp.tzinfo)
-    return event.timestamp < pruned_before + CLOCK_SKEW_MARGIN

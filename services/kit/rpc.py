@@ -13,10 +13,20 @@ fails under (refused, reset, channel closed, nack): the caller, the gateway, ans
 the client tries again; a call that reached the service may have had its effect, and the retry
 gets what a second call gets (409 for an enrollment).
 
-``rpc`` here is nameko's ``@rpc`` whose ``rpc-<service>`` queue, like every reply queue of a
-``TimedRpcProxy``, is a quorum queue when ``QUEUE_TYPE`` is quorum: nameko declares them
-classic, and a classic queue on a dead node stops that service's whole consumer (every
-``@rpc``, every RPC reply) until the node returns.
+``rpc`` here is nameko's ``@rpc`` with two differences:
+
+- it is the method's unit of work (services/kit/db.py): the method writes with
+  ``self.db.session`` and does not commit; the kit commits before the reply goes, so a caller
+  that got an answer can read what it wrote, and a commit that fails is the caller's error (a
+  unique constraint declared with ``raises_conflict`` is a ``Conflict``)::
+
+      method returned --> commit --> reply with the result   (the commit failed: its error)
+      method raised   --> roll back --> reply with the error
+
+- its ``rpc-<service>`` queue, like every reply queue of a ``TimedRpcProxy``, is a quorum
+  queue when ``QUEUE_TYPE`` is quorum: nameko declares them classic, and a classic queue on a
+  dead node stops that service's whole consumer (every ``@rpc``, every RPC reply) until the
+  node returns.
 """
 import logging
 
@@ -28,6 +38,7 @@ from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy
 
 from services.kit import topology
 from services.kit.amqp import QueueConsumer
+from services.kit.db import Database, find_database
 from services.kit.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -95,6 +106,21 @@ class RpcConsumer(nameko_rpc.RpcConsumer):
 
 class Rpc(nameko_rpc.Rpc):
     rpc_consumer = RpcConsumer()
+
+    def setup(self):
+        super().setup()
+        # the service's one Database; a service without any has nothing to commit
+        has_database = any(isinstance(dep, Database) for dep in self.container.dependencies)
+        self.database = find_database(self.container, "@rpc") if has_database else None
+
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        # nameko calls this (which replies) before the dependencies' worker_result: the
+        # transaction must end here, while its outcome can still be the answer
+        if self.database is not None:
+            exc_info = self.database.end_transaction(worker_ctx, exc_info)
+            if exc_info is not None:
+                result = None
+        return super().handle_result(message, worker_ctx, result, exc_info)
 
 
 rpc = Rpc.decorator

@@ -16,15 +16,23 @@ events published before its first start are lost to it.
                                   ...
     a failed message  --> [<queue>.retry.<ms>ms] --(TTL expires)--> back to [<queue>]
     after the last try --> knowledge_nest_events.dlx (direct) --<queue>--> [<queue>.dlq]
+
+``Topology`` (a shared extension of the dispatcher and of every event handler) declares it
+once per container, when the first of them is set up, and each handler's own queue with it.
 """
 import time
 
 import amqp
+from eventlet.semaphore import Semaphore
 from kombu import Exchange, Queue, binding
+from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
+from nameko.extensions import SharedExtension
 
+from services.kit.amqp import make_connection
 from services.kit.config import configured_object
 from services.kit.constants import (
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_QUEUE_TYPE, DEFAULT_RETRY_DELAYS,
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_HEARTBEAT, DEFAULT_QUEUE_TYPE,
+    DEFAULT_RETRY_DELAYS,
     EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE,
     EXTRA_SUBSCRIPTIONS_CONFIG_KEY, MAX_PRIORITY, QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES,
     RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGE, SHELL_EVENT_EXCHANGES_CONFIG_KEY,
@@ -252,3 +260,36 @@ def declare_queue(channel, queue, attempts=DECLARE_ATTEMPTS):
             if "down or inaccessible" not in str(exc) or attempt == attempts:
                 raise
             time.sleep(0.1 * attempt)
+
+
+class Topology(SharedExtension):
+    """Declares the broker topology (above) once per container, when it is set up."""
+
+    def __init__(self):
+        super().__init__()
+        # here, not in setup(): the extensions that use it may be set up before it
+        self._declared = None  # (queue, keys) declared so far; None: not even the exchanges
+        self._lock = Semaphore()
+
+    def declare(self, subscriptions=None):
+        """Declare the exchanges and config's subscriptions' queues, plus ``subscriptions``.
+
+        Config's are the application's routing contract (``SUBSCRIPTIONS``) and the queues of
+        consumers outside this code base (``EXTRA_SUBSCRIPTIONS``: a plain AMQP client's, say),
+        so that none of them misses an event published before it first ran.
+        """
+        wanted = configured_subscriptions(self.container.config)
+        wanted.update(subscriptions or {})
+        with self._lock:
+            declared = self._declared or set()
+            missing = {name: keys for name, keys in wanted.items()
+                       if (name, tuple(keys)) not in declared}
+            if not missing and self._declared is not None:
+                return
+            config = self.container.config
+            with make_connection(config[AMQP_URI_CONFIG_KEY],
+                                 config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
+                                 config.get(AMQP_SSL_CONFIG_KEY)) as connection:
+                connection.ensure_connection(max_retries=3)
+                declare_topology(connection, config, missing)
+            self._declared = declared | {(name, tuple(keys)) for name, keys in missing.items()}

@@ -25,8 +25,8 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy import or_, select, update
 
 from services.kit.background import BackgroundLoop
-from services.kit.db import utcnow
-from services.kit.events import EventHandler, find_database
+from services.kit.db import find_database, utcnow
+from services.kit.handlers import EventHandler
 from services.notification.mail import MailError, backend_from_config
 from services.notification.models import FAILED, PENDING, SENT, Notification
 

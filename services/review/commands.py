@@ -1,19 +1,18 @@
-"""review's business rules, as plain functions of a SQLAlchemy session (the service wires them)."""
+"""review's business rules, as plain functions of a SQLAlchemy session (the service wires them).
+
+They do not commit: the kit commits each RPC's session when it succeeds (services/kit/rpc.py).
+"""
 import logging
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from contracts import REVIEW_CREATED
-from services.kit.errors import Conflict, Forbidden
+from services.kit.errors import Forbidden
 from services.kit.schemas import page_of
 from services.review.models import Review
 from services.review.schemas import CourseIdArgs, CreateReviewArgs, ReviewSchema
 
 log = logging.getLogger(__name__)
-
-ALREADY_REVIEWED = "you have already reviewed this course"
-
 
 def validate_new_review(user_id, course_id, rating, comment):
     args = CreateReviewArgs().load_or_raise(
@@ -38,19 +37,10 @@ def create_review(session, dispatch, args):
     review = Review(user_id=args["user_id"], course_id=args["course_id"], rating=args["rating"],
                     comment=args["comment"])
     session.add(review)
-    try:
-        session.flush()  # the unique (user_id, course_id) constraint decides a race
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(ALREADY_REVIEWED) from None
+    session.flush()  # the id; a second review fails here with Conflict (models.py)
     dispatch(REVIEW_CREATED, {"review_id": review.id, "user_id": review.user_id,
                                 "course_id": review.course_id, "rating": review.rating,
                                 "has_comment": review.comment is not None})
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(ALREADY_REVIEWED) from None
     return ReviewSchema().dump(review)
 
 

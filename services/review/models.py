@@ -5,7 +5,9 @@ from sqlalchemy import BigInteger, DateTime, SmallInteger, Text, UniqueConstrain
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import OutboxEventMixin
-from services.kit.db import BigId, utcnow
+from services.kit.db import BigId, raises_conflict, utcnow
+
+ALREADY_REVIEWED = "you have already reviewed this course"
 
 
 class Base(DeclarativeBase):
@@ -18,7 +20,8 @@ class OutboxEvent(OutboxEventMixin, Base):
 
 class Review(Base):
     __tablename__ = "reviews"
-    __table_args__ = (UniqueConstraint("user_id", "course_id", name="uq_reviews_user_course"),)
+    __table_args__ = (UniqueConstraint("user_id", "course_id", name="uq_reviews_user_course",
+                                       info=raises_conflict(ALREADY_REVIEWED)),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     user_id: Mapped[int] = mapped_column(BigInteger)  # a user of auth

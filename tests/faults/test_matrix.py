@@ -99,7 +99,7 @@ def test_f7_events_published_before_their_consumer_ever_started(fault_suite):
 
 def test_f8_relay_killed_between_confirm_and_marking_sent(fault_suite, broker_proxy,
                                                          monkeypatch):
-    import services.kit.events as events
+    import services.kit.outbox as outbox
     ledger = fault_suite()
     for n in range(1, 21):
         enroll(ledger, n)
@@ -109,14 +109,14 @@ def test_f8_relay_killed_between_confirm_and_marking_sent(fault_suite, broker_pr
     for n in range(21, 41):
         enroll(ledger, n)
     crashed = eventlet.Event()
-    real_utcnow = events.utcnow
+    real_utcnow = outbox.utcnow
 
     def crash_before_marking_sent():
         if not crashed.ready():
             crashed.send()
         raise RuntimeError("process died after the broker's confirm")
 
-    monkeypatch.setattr(events, "utcnow", crash_before_marking_sent)  # the mark-sent step
+    monkeypatch.setattr(outbox, "utcnow", crash_before_marking_sent)  # the mark-sent step
     broker_proxy.restore()
     crashed.wait()
     ledger.state["course"].kill()  # the process dies with the confirmed rows unmarked

@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import Database, InboxRecordMixin, batch_event_handler, event_handler
 from services.kit.db import normalize_url
-from services.kit.events import BatchEventHandler
+from services.kit.handlers import BatchEventHandler
 from tests.support.broker import wait_until
 from tests.support.db import query
 

@@ -3,18 +3,16 @@
 The database is a real in-memory SQLite session; the event dispatcher is worker_factory's mock.
 """
 import time
-from types import SimpleNamespace
 
 import argon2
 import pytest
-from nameko.testing.services import worker_factory
 from sqlalchemy import select
 
 from services.auth.models import Base, User
 from services.auth.passwords import Passwords, common_passwords, password_problems
 from services.auth.service import AuthService
 from services.kit.errors import Conflict, NotFound, Unauthorized, ValidationError
-from tests.support.db import in_memory_session
+from tests.support.db import in_memory_session, rpc_worker
 
 CHEAP_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 GOOD_PASSWORD = "correct horse battery staple"
@@ -28,7 +26,7 @@ def session():
 
 @pytest.fixture
 def service(session):
-    return worker_factory(AuthService, db=SimpleNamespace(session=session),
+    return rpc_worker(AuthService, session,
                           passwords=Passwords(CHEAP_HASHER))
 
 
@@ -126,7 +124,7 @@ def test_an_unknown_email_still_costs_a_hash_verification(session):
             calls.append(hash)
             return super().verify(hash, password)
 
-    service = worker_factory(AuthService, db=SimpleNamespace(session=session),
+    service = rpc_worker(AuthService, session,
                              passwords=Passwords(CountingHasher(time_cost=1, memory_cost=1024,
                                                                 parallelism=1)))
     with pytest.raises(Unauthorized):
@@ -136,7 +134,7 @@ def test_an_unknown_email_still_costs_a_hash_verification(session):
 
 def test_timing_of_unknown_email_and_wrong_password_is_comparable(session):
     """With the production cost, both take a full argon2 verification (loose bound: shared CI)."""
-    service = worker_factory(AuthService, db=SimpleNamespace(session=session),
+    service = rpc_worker(AuthService, session,
                              passwords=Passwords(argon2.PasswordHasher()))
     register(service)
 
@@ -152,11 +150,11 @@ def test_timing_of_unknown_email_and_wrong_password_is_comparable(session):
 
 
 def test_authenticate_rehashes_a_hash_made_with_older_cheaper_parameters(session):
-    old = worker_factory(AuthService, db=SimpleNamespace(session=session),
+    old = rpc_worker(AuthService, session,
                          passwords=Passwords(CHEAP_HASHER))
     register(old)
     stronger = argon2.PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
-    new = worker_factory(AuthService, db=SimpleNamespace(session=session),
+    new = rpc_worker(AuthService, session,
                          passwords=Passwords(stronger))
     new.authenticate("ada@example.com", GOOD_PASSWORD)
     stored = session.execute(select(User)).scalar_one()

@@ -99,7 +99,7 @@ def test_each_event_type_has_one_owning_service():
 
 def declared_handlers():
     """{queue: binding keys} of every event handler in the services' own classes."""
-    from services.kit.events import EventHandler
+    from services.kit.handlers import EventHandler
     found = {}
     for name in sorted(os.listdir(os.path.join(ROOT, "services"))):
         if not os.path.isfile(os.path.join(ROOT, "services", name, "service.py")):

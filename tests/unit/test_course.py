@@ -2,17 +2,15 @@
 
 The database is a real in-memory SQLite session; auth (RPC) and the dispatcher are mocks.
 """
-from types import SimpleNamespace
 
 import pytest
-from nameko.testing.services import worker_factory
 
 from services.course.commands import UnknownCourse
 from services.course.models import Base
 from services.course.service import CourseService
 from services.kit.envelope import new_event
 from services.kit.errors import Conflict, Forbidden, NotFound, ValidationError
-from tests.support.db import in_memory_session
+from tests.support.db import in_memory_session, rpc_worker
 
 INSTRUCTOR = {"id": 7, "email": "grace@example.com", "name": "Grace", "role": "instructor",
               "created_at": "2026-11-26T10:00:00+00:00"}
@@ -27,7 +25,7 @@ def session():
 
 @pytest.fixture
 def service(session):
-    service = worker_factory(CourseService, db=SimpleNamespace(session=session))
+    service = rpc_worker(CourseService, session)
     service.auth.get_user.side_effect = lambda user_id: {7: INSTRUCTOR, 8: STUDENT}[user_id]
     return service
 

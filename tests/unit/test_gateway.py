@@ -146,11 +146,14 @@ def test_who_acts_comes_from_the_token_not_the_body(api):
 
 def test_students_cannot_create_courses(api):
     base, mocks = api
+    # the rule is course's: it refuses a student (tests/unit/test_course.py)
+    mocks["course"].create_course.side_effect = Forbidden("only instructors can create courses")
     response = requests.post(f"{base}/api/courses", json={"title": "T", "description": "D"},
                              headers=bearer(token_for(USER)))
     assert_error(response, 403, "forbidden")
-    mocks["course"].create_course.assert_not_called()
+    mocks["course"].create_course.assert_called_once_with(7, "T", "D")
 
+    mocks["course"].create_course.reset_mock(side_effect=True)
     mocks["course"].create_course.return_value = COURSE
     response = requests.post(f"{base}/api/courses", json={"title": "T", "description": "D"},
                              headers=bearer(token_for(INSTRUCTOR)))

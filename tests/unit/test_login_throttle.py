@@ -1,17 +1,15 @@
 """auth's login throttle (services/auth/throttle.py) on a real in-memory database and a fake
 clock, through AuthService.authenticate."""
-from types import SimpleNamespace
 
 import argon2
 import pytest
-from nameko.testing.services import worker_factory
 
 from services.auth.models import Base
 from services.auth.passwords import Passwords
 from services.auth.service import AuthService
 from services.auth.throttle import LoginThrottle
 from services.kit.errors import TooManyRequests, Unauthorized
-from tests.support.db import in_memory_session
+from tests.support.db import in_memory_session, rpc_worker
 
 PASSWORD = "correct horse battery staple"
 SETTINGS = dict(LOGIN_FREE_FAILURES_PER_ADDRESS=4, LOGIN_FREE_FAILURES_PER_ACCOUNT=3,
@@ -44,7 +42,7 @@ def auth(clock):
     with in_memory_session(Base.metadata) as session:
         passwords = CountingPasswords(argon2.PasswordHasher(time_cost=1, memory_cost=1024,
                                                             parallelism=1))
-        service = worker_factory(AuthService, db=SimpleNamespace(session=session),
+        service = rpc_worker(AuthService, session,
                                  passwords=passwords,
                                  throttle=LoginThrottle(SETTINGS, clock=clock))
         service.register("ada@example.com", PASSWORD, "Ada")

@@ -2,15 +2,13 @@
 
 The database is a real in-memory SQLite session; course (RPC) and the dispatcher are mocks.
 """
-from types import SimpleNamespace
 
 import pytest
-from nameko.testing.services import worker_factory
 
 from services.kit.errors import Conflict, Forbidden, NotFound, ValidationError
 from services.review.models import Base
 from services.review.service import ReviewService
-from tests.support.db import in_memory_session
+from tests.support.db import in_memory_session, rpc_worker
 
 COURSE_ID = 3
 ENROLLED = {(8, COURSE_ID), (9, COURSE_ID)}
@@ -33,7 +31,7 @@ def get_course(course_id):
 
 @pytest.fixture
 def service(session):
-    service = worker_factory(ReviewService, db=SimpleNamespace(session=session))
+    service = rpc_worker(ReviewService, session)
     service.course.get_course.side_effect = get_course
     service.course.is_enrolled.side_effect = lambda user_id, course_id: (
         (user_id, course_id) in ENROLLED)
