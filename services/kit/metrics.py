@@ -32,10 +32,10 @@ from nameko.extensions import DependencyProvider, SharedExtension
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import REGISTRY, start_http_server
 
+from services.kit.settings import METRICS_PORT
+
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")
-
-METRICS_PORT_CONFIG_KEY = "METRICS_PORT"
 
 EVENTS_PUBLISHED = Counter(
     "knowledge_nest_events_published_total", "Events published from the outbox and confirmed",
@@ -121,9 +121,9 @@ class MetricsServer(SharedExtension):
     """Serves this process's metrics on ``METRICS_PORT`` when that is set (see above)."""
 
     def start(self):
-        port = self.container.config.get(METRICS_PORT_CONFIG_KEY)
-        if port not in (None, "", 0, "0"):
-            serve(int(port))
+        port = METRICS_PORT.read(self.container.config)
+        if port:  # unset or 0: no port
+            serve(port)
 
 
 class HttpMetrics(DependencyProvider):

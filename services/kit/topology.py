@@ -22,12 +22,13 @@ import time
 import amqp
 from kombu import Exchange, Queue, binding
 
-from services.kit.config import configured_object
 from services.kit.constants import (
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_QUEUE_TYPE, DEFAULT_RETRY_DELAYS,
-    EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE,
-    EXTRA_SUBSCRIPTIONS_CONFIG_KEY, MAX_PRIORITY, QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES,
-    RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS_CONFIG_KEY,
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, EVENTS_EXCHANGE, MAX_PRIORITY, RETRY_SUFFIX,
+    SHELL_EVENT_EXCHANGES,
+)
+from services.kit.settings import (
+    AMQP_URI, EVENT_PRIORITY, EVENT_RETRY_DELAYS, EVENT_TTL, EXTRA_SUBSCRIPTIONS, QUEUE_TYPE,
+    SUBSCRIPTIONS,
 )
 from services.kit.moves import message_body, move_messages, no_progress
 from services.kit.trust import broker_user, republished
@@ -49,10 +50,8 @@ class QueueArgumentsMismatch(RuntimeError):
 
 def configured_subscriptions(config):
     """{queue: binding keys} of config's SUBSCRIPTIONS and EXTRA_SUBSCRIPTIONS (see the top)."""
-    declared = configured_object(config, SUBSCRIPTIONS_CONFIG_KEY, {})
-    wanted = {name: tuple(keys) for name, keys in dict(declared).items()}
-    wanted.update({name: tuple(keys) for name, keys
-                   in ((config or {}).get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {}).items()})
+    wanted = {name: tuple(keys) for name, keys in SUBSCRIPTIONS.read(config).items()}
+    wanted.update({name: tuple(keys) for name, keys in EXTRA_SUBSCRIPTIONS.read(config).items()})
     return wanted
 
 
@@ -66,10 +65,7 @@ def dead_letter_exchange():
 
 def retry_delays(config):
     """The configured delays (seconds) before each retry of a failing handler."""
-    delays = config.get(RETRY_DELAYS_CONFIG_KEY, DEFAULT_RETRY_DELAYS)
-    if isinstance(delays, str):  # "1,5,30" from an environment variable
-        delays = [part for part in delays.split(",") if part.strip()]
-    return tuple(float(delay) for delay in delays)
+    return EVENT_RETRY_DELAYS.read(config)
 
 
 def dead_letter_queue_name(queue_name):
@@ -81,17 +77,10 @@ def retry_queue_name(queue_name, delay):
     return f"{queue_name}{RETRY_SUFFIX}.{int(delay * 1000)}ms"
 
 
-def queue_type(config):
-    kind = str((config or {}).get(QUEUE_TYPE_CONFIG_KEY) or DEFAULT_QUEUE_TYPE).strip().lower()
-    if kind not in QUEUE_TYPES:
-        raise ValueError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {kind!r}")
-    return kind
-
-
 def event_priorities(config):
     """{event_type: priority 0-9} from EVENT_PRIORITY; unlisted types get none (0)."""
     priorities = {}
-    for event_type, value in ((config or {}).get(EVENT_PRIORITY_CONFIG_KEY) or {}).items():
+    for event_type, value in EVENT_PRIORITY.read(config).items():
         if value is None:
             continue
         value = int(value)
@@ -104,7 +93,7 @@ def event_priorities(config):
 def event_ttls(config):
     """{event_type: milliseconds} from EVENT_TTL (seconds; null or absent: never expires)."""
     ttls = {}
-    for event_type, seconds in ((config or {}).get(EVENT_TTL_CONFIG_KEY) or {}).items():
+    for event_type, seconds in EVENT_TTL.read(config).items():
         if seconds is None:
             continue
         if float(seconds) < 0:
@@ -134,7 +123,7 @@ def consumer_queue_arguments(queue_name, config=None):
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": queue_name,
     }
-    if queue_type(config) == "quorum":
+    if QUEUE_TYPE.read(config) == "quorum":
         # Quorum queues (RabbitMQ 3.10) have no x-max-priority.
         arguments.update(quorum_dead_letter_arguments())
     elif event_priorities(config):
@@ -147,7 +136,7 @@ def replicated_arguments(config):
     every queue the suite consumes from must be, nameko's RPC queues too (services/kit/rpc.py).
     A classic queue lives on one node: while that node is down it cannot be consumed, and a
     copy of an event routed to it is dropped although the publisher gets its confirm."""
-    return {"x-queue-type": "quorum"} if queue_type(config) == "quorum" else {}
+    return {"x-queue-type": "quorum"} if QUEUE_TYPE.read(config) == "quorum" else {}
 
 
 def quorum_dead_letter_arguments():
@@ -181,7 +170,7 @@ def retry_queue(queue_name, delay, config=None):
         "x-dead-letter-exchange": "",  # the default exchange routes by queue name
         "x-dead-letter-routing-key": queue_name,
     }
-    if queue_type(config) == "quorum":
+    if QUEUE_TYPE.read(config) == "quorum":
         arguments.update(quorum_dead_letter_arguments())
     return Queue(retry_queue_name(queue_name, delay), durable=True, queue_arguments=arguments)
 
@@ -284,7 +273,7 @@ def migrate_queue(connection, wanted, config, publisher, progress=no_progress):
     """
     queue_name = wanted.name
     bindings = entity_bindings(wanted)
-    own_user = broker_user(config["AMQP_URI"])
+    own_user = broker_user(AMQP_URI.read(config))
     holding_name = queue_name + ".migrating"
     holding_exists = True
     probe = connection.channel()
