@@ -43,9 +43,8 @@ from services.kit import metrics
 from services.kit.background import BackgroundLoop
 from services.kit.db import utcnow
 from services.kit.settings import (
-    INBOX_RETENTION, OUTBOX_RETENTION, RETENTION_BATCH_SIZE, RETENTION_INTERVAL,
+    EVENT_RETRY_DELAYS, INBOX_RETENTION, OUTBOX_RETENTION, RETENTION_BATCH_SIZE, RETENTION_INTERVAL,
 )
-from services.kit.topology import retry_delays
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def retention_settings(config):
     if outbox <= 0 or interval <= 0 or batch_size < 1:
         raise ValueError("OUTBOX_RETENTION and RETENTION_INTERVAL must be > 0 seconds and "
                          "RETENTION_BATCH_SIZE >= 1")
-    floor = max(MIN_INBOX_RETENTION, 10 * sum(retry_delays(config)))
+    floor = max(MIN_INBOX_RETENTION, 10 * sum(EVENT_RETRY_DELAYS.read(config)))
     if inbox < floor:
         raise ValueError(
             f"INBOX_RETENTION ({inbox:g}s) must be at least {floor:g}s: an inbox record must "

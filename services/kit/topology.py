@@ -178,7 +178,7 @@ def retry_queue(queue_name, delay, config=None):
 def subscription_entities(queue_name, binding_keys, config):
     """Everything one subscription needs on the broker, in declaration order."""
     yield dead_letter_queue(queue_name, config)
-    for delay in retry_delays(config):
+    for delay in EVENT_RETRY_DELAYS.read(config):
         yield retry_queue(queue_name, delay, config)
     yield consumer_queue(queue_name, binding_keys, config)
 
