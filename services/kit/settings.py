@@ -161,8 +161,7 @@ EVENT_RETRY_DELAYS = Setting("EVENT_RETRY_DELAYS", numbers, (1.0, 5.0, 30.0),
 EVENT_TTL = Setting("EVENT_TTL", mapping, {},
                     "seconds an event of each type may wait in a queue (null: never expires)")
 EVENT_PRIORITY = Setting("EVENT_PRIORITY", mapping, {}, "priority 0-9 of each event type")
-QUEUE_TYPES = ("classic", "quorum")
-QUEUE_TYPE = Setting("QUEUE_TYPE", one_of(*QUEUE_TYPES), "classic",
+QUEUE_TYPE = Setting("QUEUE_TYPE", one_of("classic", "quorum"), "classic",
                      "the consumer queues' type: classic or quorum")
 SUBSCRIPTIONS = Setting("SUBSCRIPTIONS", imported, {},
                         "the routing contract {queue: binding keys}, or its import path")
