@@ -10,8 +10,9 @@ Values arrive YAML-typed from config.yml, or as what nameko made of an environme
 ``${VAR:default}``: the variable's text, YAML-parsed ("5" is 5, "true" True, "" None, "1,5,30"
 stays a string). ``read`` turns either form into the declared type, here and nowhere else; None
 or "" is "not set", which reads as the declared default. A value that cannot be read raises
-``SettingError`` naming the key; the kit's service container turns that into
-``refuse_to_start`` (services/kit/logs.py), so ``nameko run`` exits 1 with that one line.
+``SettingError`` naming the key; the kit's service container reads every declared setting
+before it starts and turns that into ``refuse_to_start`` (services/kit/logs.py), so ``nameko
+run`` exits 1 with that one line.
 """
 import importlib
 
@@ -19,6 +20,7 @@ from nameko.exceptions import ConfigurationError
 
 REQUIRED = object()  # the default of a setting that has none: reading it unset is an error
 AS_DEFAULT = object()  # an empty value reads as the default (unless a setting says otherwise)
+DECLARED = {}  # key -> Setting, of every settings module imported so far (check_all reads them)
 
 
 class SettingError(ConfigurationError, ValueError):
@@ -32,6 +34,7 @@ class Setting:
     def __init__(self, key, parse, default, doc, empty=AS_DEFAULT):
         self.key, self.parse, self.default, self.doc = key, parse, default, doc
         self.empty = default if empty is AS_DEFAULT else empty
+        DECLARED[key] = self
 
     def read(self, config):
         config = config or {}
@@ -48,6 +51,15 @@ class Setting:
 
     def __repr__(self):
         return f"Setting({self.key!r})"
+
+
+def check_all(config):
+    """Read every declared setting once: the first that cannot be read raises its SettingError.
+
+    The kit's container does this before any extension starts, so that a bad value stops the
+    start in one line, also for a setting read only later (per request, per call)."""
+    for setting in list(DECLARED.values()):
+        setting.read(config)
 
 
 # -- types: each turns a set value (YAML-typed, or a string from the environment) into its own --

@@ -12,9 +12,10 @@ from nameko.exceptions import ConfigurationError
 from nameko.extensions import DependencyProvider
 
 from services.kit.config import load_config
+from services.kit import settings as kit_settings
 from services.kit.settings import (
-    AMQP_URI, EVENT_OPERATORS, EVENT_RETRY_DELAYS, EVENT_TTL, QUEUE_TYPE, REQUIRED, RPC_TIMEOUT,
-    SUBSCRIPTIONS, Setting, SettingError, flag, integer, mapping,
+    AMQP_URI, EVENT_OPERATORS, EVENT_RETRY_DELAYS, EVENT_TTL, QUEUE_TYPE, REQUIRED, SUBSCRIPTIONS,
+    Setting, SettingError, flag, integer, mapping,
 )
 from tests.unit.test_compose import ROOT, read, service_modules
 
@@ -56,6 +57,10 @@ def test_every_package_with_a_service_declares_its_settings_in_one_module():
     modules = {module.__name__ for module in settings_modules()}
     assert {"services.kit.settings", "services.auth.settings", "services.notification.settings",
             "gateway.settings"} <= modules
+
+
+def test_every_declared_setting_is_one_the_container_checks():
+    assert set(declared()) <= set(kit_settings.DECLARED)
 
 
 def test_every_key_in_config_yml_is_declared_and_every_declared_key_is_in_it():
@@ -109,27 +114,34 @@ def test_compose_and_kubernetes_set_only_variables_config_yml_reads():
 
 # the reader -----------------------------------------------------------------------------------
 
-NUMBER = Setting("NUMBER", integer, 7, "a test setting")
+@pytest.fixture(autouse=True)
+def declared_by_the_tests_only_while_they_run(monkeypatch):
+    settings_modules()  # the real ones are declared for good
+    monkeypatch.setattr(kit_settings, "DECLARED", dict(kit_settings.DECLARED))
+
+
+def number():
+    return Setting("TEST_NUMBER", integer, 7, "a test setting")
 
 
 @pytest.mark.parametrize("value, expected", [
     (5, 5), ("5", 5), (" 12 ", 12), (5.0, 5), (None, 7), ("", 7), ("  ", 7),
 ])
 def test_an_integer_from_yaml_or_the_environment(value, expected):
-    assert NUMBER.read({"NUMBER": value}) == expected
+    assert number().read({"TEST_NUMBER": value}) == expected
 
 
 @pytest.mark.parametrize("value", ["five", "5.5", 5.5, True, [5]])
 def test_an_unreadable_value_names_its_key(value):
-    with pytest.raises(SettingError, match=r"^NUMBER: cannot read"):
-        NUMBER.read({"NUMBER": value})
+    with pytest.raises(SettingError, match=r"^TEST_NUMBER: cannot read"):
+        number().read({"TEST_NUMBER": value})
 
 
 def test_absent_and_empty_read_as_the_default_unless_declared_otherwise():
-    assert NUMBER.read({}) == NUMBER.read(None) == 7
-    environment = Setting("ENVIRONMENT", str, "development", "test", empty="")
-    assert environment.read({}) == "development"
-    assert environment.read({"ENVIRONMENT": None}) == environment.read({"ENVIRONMENT": ""}) == ""
+    assert number().read({}) == number().read(None) == 7
+    mode = Setting("TEST_MODE", str, "development", "test", empty="")
+    assert mode.read({}) == "development"
+    assert mode.read({"TEST_MODE": None}) == mode.read({"TEST_MODE": ""}) == ""
 
 
 def test_a_required_setting_unset_is_an_error():
@@ -196,17 +208,21 @@ def test_one_of_its_choices():
         QUEUE_TYPE.read({"QUEUE_TYPE": "stream"})
 
 
-class ReadsRpcTimeout(DependencyProvider):
-    def setup(self):
-        RPC_TIMEOUT.read(self.container.config)
+class Started(DependencyProvider):
+    started = False
+
+    def start(self):
+        Started.started = True
 
 
 class Service:
     name = "reader"
-    timeout = ReadsRpcTimeout()
+    started = Started()
 
 
 def test_nameko_run_refuses_to_start_over_an_unreadable_setting(monkeypatch):
+    """Any declared setting, also one read only per call (RPC_TIMEOUT), before any extension
+    starts."""
     from services.kit.logs import LoggingServiceContainer
 
     config = {"AMQP_URI": "memory://", "RPC_TIMEOUT": "soon"}
@@ -215,3 +231,9 @@ def test_nameko_run_refuses_to_start_over_an_unreadable_setting(monkeypatch):
     monkeypatch.setattr(sys, "argv", [os.path.join(sys.prefix, "bin", "nameko"), "run"])
     with pytest.raises(SystemExit, match=r"^Error: RPC_TIMEOUT: cannot read 'soon'"):
         LoggingServiceContainer(Service, dict(config)).start()
+    assert not Started.started
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    container = LoggingServiceContainer(Service, {"AMQP_URI": "memory://"})
+    container.start()
+    assert Started.started
+    container.stop()
