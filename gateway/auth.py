@@ -23,13 +23,14 @@ import jwt
 from nameko.exceptions import ConfigurationError
 from nameko.extensions import DependencyProvider
 
+from gateway.settings import ENVIRONMENT, JWT_SECRET, JWT_TTL_SECONDS, USER_CACHE_SECONDS
 from services.auth.passwords import common_passwords
 from services.kit.config import refuse_to_start
 from services.kit.errors import NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 
-DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-CHANGE-ME"
+DEV_JWT_SECRET = JWT_SECRET.default
 ENV_EXAMPLE_JWT_SECRET = "change-me-to-48-random-characters-before-any-real-use"  # .env.example
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "changethis", "placeholder", "example",
                        "dev-only", "insecure", "your-secret", "secret-key")
@@ -39,10 +40,8 @@ ENVIRONMENTS = ("development", "production")
 ZLIB_OVERHEAD_BYTES = 8  # zlib's header and checksum
 ALGORITHM = "HS256"
 ALGORITHMS = [ALGORITHM]
-DEFAULT_TTL_SECONDS = 3600
 ROLES = ("student", "instructor", "admin")  # admin: only from `knowledge-nest create-admin`
 MAX_TOKEN_CHARS = 4096
-DEFAULT_USER_CACHE_SECONDS = 30
 # ``sub`` as we write it: ASCII digits, no leading zero ("\u00b2", "\u2460", "0001" are refused)
 SUBJECT = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
@@ -189,7 +188,7 @@ class KnownUsersCache(DependencyProvider):
     """One ``KnownUsers`` per gateway process (USER_CACHE_SECONDS)."""
 
     def setup(self):
-        ttl = float(self.container.config.get("USER_CACHE_SECONDS", DEFAULT_USER_CACHE_SECONDS))
+        ttl = USER_CACHE_SECONDS.read(self.container.config)
         if ttl < 0:
             raise ConfigurationError("USER_CACHE_SECONDS must not be negative")
         self.known_users = KnownUsers(ttl)
@@ -203,11 +202,11 @@ class TokenAuth(DependencyProvider):
 
     def setup(self):
         config = self.container.config
-        self.secret = str(config.get("JWT_SECRET") or DEV_JWT_SECRET)
-        self.ttl_seconds = int(config.get("JWT_TTL_SECONDS", DEFAULT_TTL_SECONDS))
+        self.secret = JWT_SECRET.read(config)
+        self.ttl_seconds = JWT_TTL_SECONDS.read(config)
         if self.ttl_seconds <= 0:
             raise ConfigurationError("JWT_TTL_SECONDS must be positive")
-        check_secret(self.secret, config.get("ENVIRONMENT", "development"))
+        check_secret(self.secret, ENVIRONMENT.read(config))
 
     def get_dependency(self, worker_ctx):
         return Tokens(self.secret, self.ttl_seconds)

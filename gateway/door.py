@@ -29,17 +29,15 @@ from functools import partial
 import eventlet
 from nameko.web.server import HttpOnlyProtocol
 
+from gateway.settings import (
+    HTTP_BODY_TIMEOUT, HTTP_HEADER_TIMEOUT, HTTP_IDLE_TIMEOUT, HTTP_MAX_CONNECTIONS,
+    HTTP_MAX_CONNECTIONS_PER_CLIENT, HTTP_SOCKET_TIMEOUT,
+)
+
 log = logging.getLogger(__name__)
 
-# config key -> default
-LIMITS = {
-    "HTTP_IDLE_TIMEOUT": 30.0,
-    "HTTP_HEADER_TIMEOUT": 10.0,
-    "HTTP_BODY_TIMEOUT": 30.0,
-    "HTTP_SOCKET_TIMEOUT": 30.0,
-    "HTTP_MAX_CONNECTIONS_PER_CLIENT": 64,
-    "HTTP_MAX_CONNECTIONS": 2000,
-}
+LIMITS = (HTTP_IDLE_TIMEOUT, HTTP_HEADER_TIMEOUT, HTTP_BODY_TIMEOUT, HTTP_SOCKET_TIMEOUT,
+          HTTP_MAX_CONNECTIONS_PER_CLIENT, HTTP_MAX_CONNECTIONS)
 PROTOCOL_ENVIRON_KEY = "gateway.protocol"  # lets the WSGI app close the connection after it
 REFUSAL_SEND_TIMEOUT = 2.0
 ACCEPT_RETRY_SECONDS = 0.1
@@ -50,12 +48,13 @@ class HeaderTimeout(Exception):
 
 
 def read_limits(config):
+    """{key: value} of the LIMITS, each positive."""
     limits = {}
-    for key, default in LIMITS.items():
-        value = type(default)(config.get(key, default))
+    for setting in LIMITS:
+        value = setting.read(config)
         if value <= 0:
-            raise ValueError(f"{key} must be positive, got {value!r}")
-        limits[key] = value
+            raise ValueError(f"{setting.key} must be positive, got {value!r}")
+        limits[setting.key] = value
     return limits
 
 
@@ -98,7 +97,7 @@ class DoorProtocol(HttpOnlyProtocol):
     forever. The idle wait (for a request's first byte) uses ``keepalive`` (HTTP_IDLE_TIMEOUT);
     from that byte on, the line and headers run under one ``eventlet.Timeout``.
     """
-    header_timeout = LIMITS["HTTP_HEADER_TIMEOUT"]
+    header_timeout = HTTP_HEADER_TIMEOUT.default
 
     def setup(self):
         super().setup()
@@ -221,15 +220,15 @@ class DoorMixin:
     def setup(self):
         super().setup()
         self.limits = read_limits(self.container.config)
-        self.gate = ConnectionGate(self.limits["HTTP_MAX_CONNECTIONS_PER_CLIENT"],
-                                   self.limits["HTTP_MAX_CONNECTIONS"])
+        self.gate = ConnectionGate(self.limits[HTTP_MAX_CONNECTIONS_PER_CLIENT.key],
+                                   self.limits[HTTP_MAX_CONNECTIONS.key])
 
     def get_wsgi_server(self, sock, wsgi_app, protocol=DoorProtocol, debug=False):
         protocol = type("GatewayProtocol", (protocol,),
-                        {"header_timeout": self.limits["HTTP_HEADER_TIMEOUT"]})
+                        {"header_timeout": self.limits[HTTP_HEADER_TIMEOUT.key]})
         server = super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
-        server.keepalive = self.limits["HTTP_IDLE_TIMEOUT"]
-        server.socket_timeout = self.limits["HTTP_SOCKET_TIMEOUT"]
+        server.keepalive = self.limits[HTTP_IDLE_TIMEOUT.key]
+        server.socket_timeout = self.limits[HTTP_SOCKET_TIMEOUT.key]
         return server
 
     def run(self):

@@ -25,16 +25,14 @@ from werkzeug.routing.converters import BaseConverter
 from werkzeug.wrappers import Request, Response
 
 from gateway.door import DoorMixin, close_after_response
+from gateway.settings import HTTP_BODY_TIMEOUT, MAX_BODY_BYTES
 from services.kit.errors import (Busy, Conflict, Forbidden, NotFound, ServiceError,
                                  ServiceUnavailable, TooManyRequests, Unauthorized,
                                  ValidationError)
-from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
 from services.kit.rpc import BROKER_ERRORS
+from services.kit.settings import RPC_TIMEOUT
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES_CONFIG_KEY = "MAX_BODY_BYTES"
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
 class BadRequest(ServiceError):
@@ -99,7 +97,7 @@ INTERNAL_ERROR = (500, "internal_error", "internal error")
 def read_body(request):
     """The request's body, or RequestEntityTooLarge (413) when it is over MAX_BODY_BYTES."""
     data = request.get_data(cache=False)
-    if len(data) > getattr(request, "max_body_bytes", DEFAULT_MAX_BODY_BYTES):
+    if len(data) > getattr(request, "max_body_bytes", MAX_BODY_BYTES.default):
         raise http_exceptions.RequestEntityTooLarge()
     return data
 
@@ -232,9 +230,8 @@ class JsonWebServer(DoorMixin, WebServer):
         return url_map
 
     def get_wsgi_app(self):
-        max_body_bytes = int(self.container.config.get(MAX_BODY_BYTES_CONFIG_KEY,
-                                                       DEFAULT_MAX_BODY_BYTES))
-        return JsonWsgiApp(self, max_body_bytes, self.limits["HTTP_BODY_TIMEOUT"])
+        max_body_bytes = MAX_BODY_BYTES.read(self.container.config)
+        return JsonWsgiApp(self, max_body_bytes, self.limits[HTTP_BODY_TIMEOUT.key])
 
 
 class GatewayHttpEntrypoint(HttpRequestHandler):
@@ -245,7 +242,7 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
     def __init__(self, method, url, expected_exceptions=None, websocket=False, max_concurrent=None,
                  **kwargs):
         """``websocket``: werkzeug routes upgrade requests only to such rules.
-        ``max_concurrent=(config key, default)``: at most that many requests of this route
+        ``max_concurrent`` (a Setting): at most that many requests of this route
         in workers at once; the others wait (in their connection's greenthread, holding no
         worker) up to RPC_TIMEOUT seconds for a turn, then get a 429 with Retry-After."""
         expected = tuple(entry[0] for entry in ERROR_TABLE)
@@ -261,13 +258,11 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
     def setup(self):
         super().setup()
         if self.max_concurrent is not None:
-            key, default = self.max_concurrent
-            limit = int(self.container.config.get(key, default))
+            limit = self.max_concurrent.read(self.container.config)
             if limit < 1:
-                raise ConfigurationError(f"{key} must be at least 1")
+                raise ConfigurationError(f"{self.max_concurrent.key} must be at least 1")
             self.turns = Semaphore(limit)
-            self.turn_timeout = float(self.container.config.get(RPC_TIMEOUT_CONFIG_KEY,
-                                                                DEFAULT_RPC_TIMEOUT))
+            self.turn_timeout = RPC_TIMEOUT.read(self.container.config)
 
     def handle_request(self, request):
         if self.turns is None:

@@ -36,22 +36,21 @@ from eventlet.hubs import trampoline
 from eventlet.queue import Empty, Full, LightQueue
 from eventlet.websocket import WebSocketWSGI
 from kombu import Connection, Queue
-from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider, SharedExtension
 
 from werkzeug.wrappers import Response
 
 from contracts import CONTRACTS
 from gateway.http import TooManyStreams
+from gateway.settings import LIVE_BUFFER, LIVE_MAX_STREAMS
 from services.kit.amqp import connect_retries
 from services.kit.envelope import InvalidEvent, parse_event
+from services.kit.settings import AMQP_SSL, AMQP_URI
 from services.kit.topology import events_exchange
 
 log = logging.getLogger(__name__)
 
 LIVE_QUEUE_LENGTH = 1000  # the broker drops the oldest beyond this if the gateway falls behind
-DEFAULT_BUFFER = 256  # events a slow browser may be behind before its oldest are dropped
-DEFAULT_MAX_STREAMS = 100
 HEARTBEAT_SECONDS = 15.0
 RECONNECT_SECONDS = 1.0
 BIND_WAIT_SECONDS = 5.0  # a new stream waits this long at most for a new feed's first attempt
@@ -147,10 +146,10 @@ class LiveEvents(SharedExtension):
 
     def setup(self):
         config = self.container.config
-        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
-        self.ssl = config.get(AMQP_SSL_CONFIG_KEY)
-        self.buffer_size = int(config.get("LIVE_BUFFER", DEFAULT_BUFFER))
-        self.max_streams = int(config.get("LIVE_MAX_STREAMS", DEFAULT_MAX_STREAMS))
+        self.amqp_uri = AMQP_URI.read(config)
+        self.ssl = AMQP_SSL.read(config)
+        self.buffer_size = LIVE_BUFFER.read(config)
+        self.max_streams = LIVE_MAX_STREAMS.read(config)
 
     def start(self):
         self._running = True

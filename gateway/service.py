@@ -20,14 +20,15 @@ from gateway.live import LiveFeed, StreamBody, WebSocketStream
 from gateway.metrics import HttpMetrics
 from contracts.asyncapi import document as asyncapi_document
 from gateway.openapi import openapi_document
+from gateway.settings import HEALTH_TIMEOUT, LOGIN_MAX_CONCURRENT, TRUSTED_PROXY_HOPS
 from services.kit import metrics
 from services.kit.amqp import connect
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from services.kit.rpc import TimedRpcProxy
+from services.kit.settings import AMQP_URI
 
 ID = "<id:course_id>"  # ASCII digits, no leading zero, at most schemas.MAX_ID (gateway/http.py)
 SERVICES = ("auth", "course", "review", "notification", "analytics")
-DEFAULT_HEALTH_TIMEOUT = 2.0
 
 
 def _json_body(request):
@@ -102,7 +103,7 @@ class GatewayService:
 
     # at most LOGIN_MAX_CONCURRENT logins hold a worker at once (each waits on auth's argon2);
     # more wait their turn outside the worker pool, so a burst leaves workers for other routes
-    @http("POST", "/api/auth/login", max_concurrent=("LOGIN_MAX_CONCURRENT", 4))
+    @http("POST", "/api/auth/login", max_concurrent=LOGIN_MAX_CONCURRENT)
     def login(self, request):
         args = _load_body(request, schemas.LoginRequest)
         # throttled by auth, by this client address and by account (services/auth/throttle.py)
@@ -243,7 +244,7 @@ class GatewayService:
 
     @http("GET", "/health")
     def health(self, request):
-        timeout = float(self.config.get("HEALTH_TIMEOUT", DEFAULT_HEALTH_TIMEOUT))
+        timeout = HEALTH_TIMEOUT.read(self.config)
         checks = {"broker": self._broker_state(timeout)}
         replies = {}
         for name in SERVICES:
@@ -278,7 +279,7 @@ class GatewayService:
     def _client(self, request):
         """The client's address: the TCP peer, or behind TRUSTED_PROXY_HOPS reverse proxies
         the address the outermost of them saw (X-Forwarded-For, counted from the right)."""
-        hops = int(self.config.get("TRUSTED_PROXY_HOPS", 0))
+        hops = TRUSTED_PROXY_HOPS.read(self.config)
         if hops > 0:
             forwarded = [part.strip() for part in
                          request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
@@ -293,7 +294,7 @@ class GatewayService:
     def _broker_state(self, timeout):
         try:
             with eventlet.Timeout(timeout):
-                with Connection(self.config["AMQP_URI"], connect_timeout=timeout) as connection:
+                with Connection(AMQP_URI.read(self.config), connect_timeout=timeout) as connection:
                     connect(connection)  # each node of RABBITMQ_HOSTS once
             return "ok"
         except (Exception, eventlet.Timeout):

@@ -123,19 +123,18 @@ def read_config(path):
 
 
 def amqp_uri(config):
-    from nameko.constants import AMQP_URI_CONFIG_KEY
-    try:
-        return config[AMQP_URI_CONFIG_KEY]
-    except KeyError:
-        raise CliError(f"the config file has no {AMQP_URI_CONFIG_KEY}") from None
+    from services.kit.settings import AMQP_URI
+    if AMQP_URI.key not in config:
+        raise CliError(f"the config file has no {AMQP_URI.key}")
+    return AMQP_URI.read(config)
 
 
 def broker_connection(config):
     """A connected kombu connection (no heartbeat: the command reads it only when it waits)."""
-    from nameko.constants import AMQP_SSL_CONFIG_KEY
     from services.kit.amqp import make_connection, sanitize_uri
+    from services.kit.settings import AMQP_SSL
     uri = amqp_uri(config)
-    connection = make_connection(uri, heartbeat=0, ssl=config.get(AMQP_SSL_CONFIG_KEY))
+    connection = make_connection(uri, heartbeat=0, ssl=AMQP_SSL.read(config))
     try:
         connection.ensure_connection(max_retries=3)
     except Exception as exc:
@@ -166,7 +165,8 @@ def cmd_publish(args, config):
 
 def services_with_databases(config, only=None):
     from services.kit.db import database_uri
-    names = [key.split(":")[0] for key in config.get("DB_URIS", {})]
+    from services.kit.settings import DB_URIS
+    names = [key.split(":")[0] for key in DB_URIS.read(config)]
     if only:
         unknown = set(only) - set(names)
         if unknown:
@@ -335,15 +335,14 @@ def expiring_rpc_proxy(service_name, config, timeout):
 
 
 def cmd_create_admin(args, config):
-    from nameko.constants import AMQP_URI_CONFIG_KEY
     from nameko.exceptions import RpcTimeout, UnknownService
 
     from services.kit.amqp import sanitize_uri
     from services.kit.errors import ServiceError  # registers the typed errors with nameko
-    from services.kit.rpc import DEFAULT_RPC_TIMEOUT, RPC_TIMEOUT_CONFIG_KEY
+    from services.kit.settings import RPC_TIMEOUT
 
     password = read_new_password(args)
-    timeout = args.timeout or float(config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT))
+    timeout = args.timeout or RPC_TIMEOUT.read(config)
     not_running = (f"error: the auth service did not answer within {timeout:g}s: is it running? "
                    f"(make run, or nameko run --config {args.config} services.auth.service); "
                    f"nothing created")
@@ -359,7 +358,7 @@ def cmd_create_admin(args, config):
         raise SystemExit(f"error: {exc.message}" + (f" ({fields})" if fields else ""))
     except OSError as exc:
         raise SystemExit(f"error: cannot reach the broker at "
-                         f"{sanitize_uri(config[AMQP_URI_CONFIG_KEY])}: {exc}")
+                         f"{sanitize_uri(amqp_uri(config))}: {exc}")
     print(user["id"])
 
 
@@ -566,10 +565,11 @@ def build_parser():
 
 
 def main(argv=None):
+    from services.kit.settings import SettingError
     args = build_parser().parse_args(argv)
     try:
         args.run(args, read_config(args.config))
-    except CliError as exc:
+    except (CliError, SettingError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from services.kit.constants import (
     DEAD_LETTER_SUFFIX, HEADER_ATTEMPTS, HEADER_EXCEPTION,
     HEADER_FAILED_AT, HEADER_ORIGINAL_QUEUE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REASON,
 )
+from services.kit.settings import AMQP_URI
 from services.kit.trust import broker_user, republished
 
 # Parked copies carry these; a requeued message starts afresh without them.
@@ -144,7 +145,7 @@ class DeadLetters:
         try:
             return sum(move_messages(self.connection.connection, queue, publisher,
                                      self._requeued(queue, event_ids,
-                                                    broker_user(self.config["AMQP_URI"])),
+                                                    broker_user(AMQP_URI.read(self.config))),
                                      progress,
                                      selective=bool(event_ids))
                        for queue in self.queues(queues))

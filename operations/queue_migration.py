@@ -9,6 +9,7 @@ import amqp
 
 from operations.moves import message_body, move_messages, no_progress
 from services.kit.amqp import new_publisher
+from services.kit.settings import AMQP_URI
 from services.kit.topology import entity_bindings, subscription_entities
 from services.kit.trust import broker_user, republished
 
@@ -50,7 +51,7 @@ def migrate_queue(connection, wanted, config, publisher, progress=no_progress):
     """
     queue_name = wanted.name
     bindings = entity_bindings(wanted)
-    own_user = broker_user(config["AMQP_URI"])
+    own_user = broker_user(AMQP_URI.read(config))
     holding_name = queue_name + ".migrating"
     holding_exists = True
     probe = connection.channel()

@@ -21,11 +21,11 @@ import time
 from urllib.parse import urlparse
 
 from kombu import Connection
-from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.utils import sanitize_url
 
 from services.kit.amqp import connect, sanitize_uri
 from services.kit.config import load_config
+from services.kit.settings import AMQP_URI, DB_URIS, WEB_SERVER_ADDRESS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +131,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_config(args.config)
 
-    amqp_uri = config[AMQP_URI_CONFIG_KEY]
+    amqp_uri = AMQP_URI.read(config)
     started_broker = False
     if not broker_answers(amqp_uri):
         started_broker = start_local_broker(amqp_uri)
@@ -146,7 +146,7 @@ def main(argv=None):
 
 
 def run_suite(config_path, config):
-    amqp_uri = config[AMQP_URI_CONFIG_KEY]
+    amqp_uri = AMQP_URI.read(config)
 
     from operations.cli import main as knowledge_nest
     knowledge_nest(["--config", config_path, "migrate"])
@@ -158,10 +158,10 @@ def run_suite(config_path, config):
     nameko = os.path.join(os.path.dirname(sys.executable), "nameko")
     print(BANNER.format(
         modules=", ".join(modules),
-        api=config.get("WEB_SERVER_ADDRESS", "127.0.0.1:8000"),
+        api=WEB_SERVER_ADDRESS.read(config),
         management=urlparse(amqp_uri).hostname or "localhost",
         databases=", ".join(sorted(set(
-            sanitize_url(uri) for uri in config.get("DB_URIS", {}).values())))), flush=True)
+            sanitize_url(uri) for uri in DB_URIS.read(config).values())))), flush=True)
     status = run_services(nameko, config_path, modules)
     if status in (0, -signal.SIGINT):
         print(f"Stopped {', '.join(modules)}.", flush=True)

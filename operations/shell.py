@@ -11,13 +11,12 @@ too, through the "<service>.events" exchanges bound to ours: see the README.)
 """
 import logging
 
-from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
-
 from services.kit.amqp import event_message, make_connection
 from services.kit.trust import broker_user
-from services.kit.constants import DEFAULT_HEARTBEAT, EVENTS_EXCHANGE
+from services.kit.constants import EVENTS_EXCHANGE
 from services.kit.envelope import new_event
 from services.kit.amqp import new_publisher
+from services.kit.settings import AMQP_SSL, AMQP_URI, HEARTBEAT
 from services.kit.topology import declare_topology
 
 log = logging.getLogger(__name__)
@@ -26,9 +25,8 @@ log = logging.getLogger(__name__)
 def declare(config):
     """Declare the exchanges and every subscription's queues (config's SUBSCRIPTIONS and
     EXTRA_SUBSCRIPTIONS)."""
-    with make_connection(config[AMQP_URI_CONFIG_KEY],
-                         config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
-                         config.get(AMQP_SSL_CONFIG_KEY)) as connection:
+    with make_connection(AMQP_URI.read(config), HEARTBEAT.read(config),
+                         AMQP_SSL.read(config)) as connection:
         connection.ensure_connection(max_retries=3)
         declare_topology(connection, config)
 
@@ -43,7 +41,7 @@ def publish_event(config, event_type, data, source="shell"):
                                                event_message(event.to_json(), event.event_id,
                                                              event.event_type, source,
                                                              user_id=broker_user(
-                                                                 config["AMQP_URI"])))])
+                                                                 AMQP_URI.read(config))))])
     finally:
         publisher.close()
     if unroutable:

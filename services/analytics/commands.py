@@ -1,6 +1,6 @@
 """analytics' rules, as plain functions of a SQLAlchemy session (the service wires them)."""
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite

@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 import amqp
-from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
 from sqlalchemy import create_engine, event, func, inspect, select
 
 from services.analytics.models import EventLog
@@ -36,6 +35,7 @@ from services.kit.trust import broker_user
 # HEADER_REPLAYED: the kit's consumers look such an event up in their inbox before the handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, HEADER_REPLAYED
 from services.kit.db import database_uri, normalize_url
+from services.kit.settings import AMQP_SSL, AMQP_URI
 
 BATCH_SIZE = 200
 SERVICE_NAME = "analytics"
@@ -136,8 +136,8 @@ def replay_message(row, options, replayed_at, user_id=None):
 def check_destination(config, to_queue):
     """ReplayError unless the exchange (or ``to_queue``) exists on the broker."""
     try:
-        with make_connection(config[AMQP_URI_CONFIG_KEY], heartbeat=0,
-                             ssl=config.get(AMQP_SSL_CONFIG_KEY)) as connection:
+        with make_connection(AMQP_URI.read(config), heartbeat=0,
+                             ssl=AMQP_SSL.read(config)) as connection:
             connection.ensure_connection(max_retries=1)
             channel = connection.connection.channel()
             try:
@@ -192,7 +192,7 @@ def _publish(config, connection, conditions, total, to_queue, destination, out,
              progress, batch_size):
     options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL, as the relay does
     replayed_at = datetime.now(timezone.utc).isoformat()
-    user = broker_user(config[AMQP_URI_CONFIG_KEY])  # the operator's (EVENT_OPERATORS)
+    user = broker_user(AMQP_URI.read(config))  # the operator's (EVENT_OPERATORS)
     publisher = new_publisher(config)
     published = unroutable = 0
     try:

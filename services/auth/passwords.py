@@ -10,26 +10,16 @@ import unicodedata
 import argon2
 from eventlet import tpool
 
-from services.kit.turns import DEFAULT_MAX_WAIT, Turns  # noqa: F401 (the default, named here too)
+from services.auth.settings import (
+    PASSWORD_HASH_CONCURRENCY, PASSWORD_HASH_MAX_WAIT, PASSWORD_HASH_MEMORY_COST,
+    PASSWORD_HASH_PARALLELISM, PASSWORD_HASH_QUEUE, PASSWORD_HASH_TIME_COST,
+)
+from services.kit.turns import Turns
 
 MIN_LENGTH = 8
 MAX_LENGTH = 256
 COMMON_PASSWORDS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                      "common_passwords.txt")
-
-# Config keys: argon2id cost. The defaults are argon2-cffi's (RFC 9106 low-memory profile);
-# tests use cheaper ones. Hashes carry their parameters, so changing them never locks anyone out.
-TIME_COST_CONFIG_KEY = "PASSWORD_HASH_TIME_COST"
-MEMORY_COST_CONFIG_KEY = "PASSWORD_HASH_MEMORY_COST"  # KiB
-PARALLELISM_CONFIG_KEY = "PASSWORD_HASH_PARALLELISM"
-# At most this many hashes run at once (default: one per PASSWORD_HASH_PARALLELISM CPUs, at
-# least one: a hash runs that many threads); one that would wait longer than MAX_WAIT seconds
-# for its turn (or find QUEUE waiting, if set) is refused at once (503) rather than queued
-# until the gateway's RPC_TIMEOUT, and a burst of logins costs the CPU at most this many hashes.
-CONCURRENCY_CONFIG_KEY = "PASSWORD_HASH_CONCURRENCY"
-QUEUE_CONFIG_KEY = "PASSWORD_HASH_QUEUE"
-MAX_WAIT_CONFIG_KEY = "PASSWORD_HASH_MAX_WAIT"
-
 
 @functools.lru_cache(maxsize=1)
 def common_passwords():
@@ -56,11 +46,10 @@ def password_problems(password):
 
 
 def make_hasher(config):
-    defaults = argon2.PasswordHasher()
     return argon2.PasswordHasher(
-        time_cost=int(config.get(TIME_COST_CONFIG_KEY, defaults.time_cost)),
-        memory_cost=int(config.get(MEMORY_COST_CONFIG_KEY, defaults.memory_cost)),
-        parallelism=int(config.get(PARALLELISM_CONFIG_KEY, defaults.parallelism)),
+        time_cost=PASSWORD_HASH_TIME_COST.read(config),
+        memory_cost=PASSWORD_HASH_MEMORY_COST.read(config),
+        parallelism=PASSWORD_HASH_PARALLELISM.read(config),
         type=argon2.Type.ID,
     )
 
@@ -70,7 +59,7 @@ class HashingSlots(Turns):
     the others wait, and one that would wait longer than ``max_wait`` seconds (or find ``queue``
     waiting) is refused at once. argon2 costs ~0.1-0.4 s of CPU per hash at the default cost."""
 
-    def __init__(self, concurrency, queue=None, max_wait=None):
+    def __init__(self, concurrency, queue=None, max_wait=PASSWORD_HASH_MAX_WAIT.default):
         if concurrency < 1 or (queue is not None and queue < 0):
             raise ValueError("PASSWORD_HASH_CONCURRENCY must be >= 1 and PASSWORD_HASH_QUEUE >= 0")
         super().__init__(concurrency, queue, max_wait,
@@ -91,19 +80,15 @@ class HashingSlots(Turns):
 
 def default_concurrency(config):
     """One hash per PASSWORD_HASH_PARALLELISM CPUs: a hash already runs that many threads."""
-    lanes = int(config.get(PARALLELISM_CONFIG_KEY) or argon2.PasswordHasher().parallelism)
-    return max(1, (os.cpu_count() or 1) // max(1, lanes))
+    return max(1, (os.cpu_count() or 1) // max(1, PASSWORD_HASH_PARALLELISM.read(config)))
 
 
 def hashing_slots(config):
-    """PASSWORD_HASH_CONCURRENCY (empty: default_concurrency), PASSWORD_HASH_QUEUE (empty: no
-    fixed cap) and PASSWORD_HASH_MAX_WAIT (seconds; empty: DEFAULT_MAX_WAIT)."""
-    concurrency, queue = config.get(CONCURRENCY_CONFIG_KEY), config.get(QUEUE_CONFIG_KEY)
-    max_wait = config.get(MAX_WAIT_CONFIG_KEY)
-    concurrency = (default_concurrency(config) if concurrency in (None, "")
-                   else int(concurrency))
-    return HashingSlots(concurrency, None if queue in (None, "") else int(queue),
-                        None if max_wait in (None, "") else float(max_wait))
+    """PASSWORD_HASH_CONCURRENCY (unset: default_concurrency), PASSWORD_HASH_QUEUE and
+    PASSWORD_HASH_MAX_WAIT."""
+    concurrency = PASSWORD_HASH_CONCURRENCY.read(config)
+    return HashingSlots(default_concurrency(config) if concurrency is None else concurrency,
+                        PASSWORD_HASH_QUEUE.read(config), PASSWORD_HASH_MAX_WAIT.read(config))
 
 
 class Passwords:

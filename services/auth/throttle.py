@@ -37,16 +37,12 @@ from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from services.auth.models import LoginThrottleEntry
+from services.auth.settings import (
+    LOGIN_DELAY_BASE_SECONDS, LOGIN_DELAY_MAX_SECONDS, LOGIN_FAILURE_WINDOW_SECONDS,
+    LOGIN_FREE_FAILURES_PER_ACCOUNT, LOGIN_FREE_FAILURES_PER_ADDRESS,
+)
 from services.kit.errors import TooManyRequests
 
-# config key -> default
-SETTINGS = {
-    "LOGIN_FREE_FAILURES_PER_ADDRESS": 10,
-    "LOGIN_FREE_FAILURES_PER_ACCOUNT": 5,
-    "LOGIN_DELAY_BASE_SECONDS": 1.0,
-    "LOGIN_DELAY_MAX_SECONDS": 300.0,
-    "LOGIN_FAILURE_WINDOW_SECONDS": 3600.0,
-}
 REFUSED = "too many failed logins; try again later"
 
 
@@ -57,13 +53,11 @@ def _key(kind, *parts):
 
 class LoginThrottle:
     def __init__(self, config, clock=time.time):
-        values = {key: type(default)(config.get(key, default))
-                  for key, default in SETTINGS.items()}
-        self.free_per_address = values["LOGIN_FREE_FAILURES_PER_ADDRESS"]
-        self.free_per_account = values["LOGIN_FREE_FAILURES_PER_ACCOUNT"]
-        self.base_delay = values["LOGIN_DELAY_BASE_SECONDS"]
-        self.max_delay = values["LOGIN_DELAY_MAX_SECONDS"]
-        self.window = values["LOGIN_FAILURE_WINDOW_SECONDS"]
+        self.free_per_address = LOGIN_FREE_FAILURES_PER_ADDRESS.read(config)
+        self.free_per_account = LOGIN_FREE_FAILURES_PER_ACCOUNT.read(config)
+        self.base_delay = LOGIN_DELAY_BASE_SECONDS.read(config)
+        self.max_delay = LOGIN_DELAY_MAX_SECONDS.read(config)
+        self.window = LOGIN_FAILURE_WINDOW_SECONDS.read(config)
         self.clock = clock
 
     def delay(self, failures, free):

@@ -15,7 +15,7 @@ from services.course.schemas import (
     CourseIdArgs, CourseSchema, CreateCourseArgs, EnrollArgs, EnrollmentSchema, UserIdArgs,
 )
 from services.kit.errors import Forbidden, NotFound
-from services.kit.schemas import PageArgs, page_of
+from services.kit.schemas import page_of
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,10 @@ import amqp
 from amqp import method_framing
 from kombu import Connection
 from nameko import messaging
-from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY
 from nameko.utils import sanitize_url
 
-from services.kit.constants import (
-    BROKER_HOSTS_CONFIG_KEY, CONFIRM_TIMEOUT_CONFIG_KEY, CONTENT_ENCODING, CONTENT_TYPE,
-    DEFAULT_CONFIRM_TIMEOUT,
-)
+from services.kit.constants import CONTENT_ENCODING, CONTENT_TYPE
+from services.kit.settings import AMQP_SSL, AMQP_URI, PUBLISH_CONFIRM_TIMEOUT, RABBITMQ_HOSTS
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +46,13 @@ def failover_uri(amqp_uri, hosts):
                     .geturl() for host in hosts)
 
 
-def broker_hosts(config):
-    """``RABBITMQ_HOSTS`` as a list of ``host:port`` (empty: not set)."""
-    value = (config or {}).get(BROKER_HOSTS_CONFIG_KEY) or ""
-    if not isinstance(value, str):  # a YAML list
-        value = ",".join(str(host) for host in value)
-    return [host.strip() for host in value.split(",") if host.strip()]
-
-
 def apply_broker_hosts(config):
     """With ``RABBITMQ_HOSTS`` set, make ``config``'s ``AMQP_URI`` the failover URI of those
     nodes (in place; idempotent). Called wherever config.yml is read: the kit's service
     container (every ``nameko run``) and ``load_config`` (the CLI, ``make run``)."""
-    hosts = broker_hosts(config)
-    if hosts and config.get(AMQP_URI_CONFIG_KEY):
-        config[AMQP_URI_CONFIG_KEY] = failover_uri(config[AMQP_URI_CONFIG_KEY], hosts)
+    hosts = RABBITMQ_HOSTS.read(config)
+    if hosts and config.get(AMQP_URI.key):
+        config[AMQP_URI.key] = failover_uri(AMQP_URI.read(config), hosts)
     return config
 
 
@@ -188,10 +177,9 @@ def _one_write(connection):
 
 def new_publisher(config):
     """The ConfirmedPublisher of ``config``'s broker (PUBLISH_CONFIRM_TIMEOUT, AMQP_SSL)."""
-    return ConfirmedPublisher(
-        config[AMQP_URI_CONFIG_KEY],
-        confirm_timeout=float(config.get(CONFIRM_TIMEOUT_CONFIG_KEY, DEFAULT_CONFIRM_TIMEOUT)),
-        ssl=config.get(AMQP_SSL_CONFIG_KEY))
+    return ConfirmedPublisher(AMQP_URI.read(config),
+                              confirm_timeout=PUBLISH_CONFIRM_TIMEOUT.read(config),
+                              ssl=AMQP_SSL.read(config))
 
 
 class ConfirmedPublisher:

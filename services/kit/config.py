@@ -17,20 +17,6 @@ def load_config(path=DEFAULT_CONFIG_PATH):
         return apply_broker_hosts(yaml.safe_load(config_file))
 
 
-def configured_object(config, key, default=None):
-    """``config[key]``, or the object it names when it is an import path "module:attribute":
-    how config.yml hands the kit the application's own tables (SUBSCRIPTIONS, EVENT_OWNERS)
-    without the kit importing the application."""
-    import importlib
-    value = (config or {}).get(key)
-    if value is None:
-        return default
-    if isinstance(value, str):
-        module_name, _, attribute = value.partition(":")
-        return getattr(importlib.import_module(module_name), attribute or key)
-    return value
-
-
 def _under_nameko_run():
     program = sys.argv[0] if sys.argv else ""
     return ((os.path.basename(program) == "nameko" or program.endswith("nameko/__main__.py"))

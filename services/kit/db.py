@@ -42,6 +42,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit import pg
 from services.kit.errors import Conflict, ServiceUnavailable
+from services.kit.settings import DB_POOL_SIZE, DB_URIS, MAX_WORKERS
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,6 @@ def normalize_url(uri):
 # Connections a service holds besides its workers': the outbox relay, the retention sweep and
 # one more background loop (notification's mail sender, a gateway's feed).
 BACKGROUND_CONNECTIONS = 3
-POOL_SIZE_CONFIG_KEY = "DB_POOL_SIZE"  # 0 or absent: max_workers + BACKGROUND_CONNECTIONS
 
 
 def engine_options(url, max_workers=10, pool_size=0):
@@ -271,7 +271,7 @@ def find_model(declarative_base, mixin):
 
 
 def database_uri(config, service_name, base_name="Base"):
-    return config["DB_URIS"][f"{service_name}:{base_name}"]
+    return DB_URIS.read(config)[f"{service_name}:{base_name}"]
 
 
 class Database(nameko_sqlalchemy.Database):
@@ -289,8 +289,8 @@ class Database(nameko_sqlalchemy.Database):
         self.db_uri = database_uri(self.container.config, service_name,
                                    self.declarative_base.__name__)
         config = self.container.config
-        self.engine = create_engine_for(self.db_uri, int(config.get("max_workers", 10)),
-                                        int(config.get(POOL_SIZE_CONFIG_KEY) or 0),
+        self.engine = create_engine_for(self.db_uri, MAX_WORKERS.read(config),
+                                        DB_POOL_SIZE.read(config),
                                         **self.engine_options)
         map_conflicts(self.engine, self.declarative_base.metadata)
         self.Session = nameko_sqlalchemy.database.sessionmaker(

@@ -32,12 +32,13 @@ from nameko.messaging import Consumer
 
 from services.kit import failures, metrics, topology
 from services.kit.amqp import QueueConsumer
-from services.kit.constants import EVENTS_EXCHANGE, PREFETCH_COUNT_CONFIG_KEY
+from services.kit.constants import EVENTS_EXCHANGE
 from services.kit.db import find_database, rollback
 from services.kit.envelope import InvalidEvent, parse_event
 from services.kit.failures import FailureRouter
 from services.kit.inbox import Inbox, is_replayed, may_be_duplicate
 from services.kit.retention import RetentionSweeper
+from services.kit.settings import PREFETCH_COUNT
 from services.kit.topology import Topology
 from services.kit.trust import UntrustedPublisher
 
@@ -79,7 +80,7 @@ class EventQueueConsumer(QueueConsumer):
 
     @property
     def prefetch_count(self):
-        return int(self.container.config.get(PREFETCH_COUNT_CONFIG_KEY, self.container.max_workers))
+        return PREFETCH_COUNT.read(self.container.config)
 
     def get_consumers(self, consumer_cls, channel):
         for provider in self._providers:

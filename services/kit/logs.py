@@ -30,6 +30,8 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from services.kit.amqp import apply_broker_hosts
+from services.kit.config import refuse_to_start
+from services.kit.settings import SettingError, check_all
 
 _context = local()  # per greenthread: worker_ctx, or the service an extension thread serves
 
@@ -85,6 +87,15 @@ class LoggingServiceContainer(ServiceContainer):
         apply_broker_hosts(config)
         super().__init__(service_cls, config)
         install()
+
+    def start(self):
+        # here, not in the extensions' setup: those run in greenthreads, whose errors eventlet
+        # prints with a traceback before nameko sees them
+        try:
+            check_all(self.config)
+        except SettingError as exc:
+            refuse_to_start(str(exc))
+        super().start()
 
     def _run_worker(self, worker_ctx, handle_result):
         _context.worker_ctx = worker_ctx

@@ -28,9 +28,9 @@ from nameko.extensions import SharedExtension
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from prometheus_client import REGISTRY, start_http_server
 
-log = logging.getLogger(__name__)
+from services.kit.settings import METRICS_PORT
 
-METRICS_PORT_CONFIG_KEY = "METRICS_PORT"
+log = logging.getLogger(__name__)
 
 EVENTS_PUBLISHED = Counter(
     "knowledge_nest_events_published_total", "Events published from the outbox and confirmed",
@@ -110,9 +110,9 @@ class MetricsServer(SharedExtension):
     """Serves this process's metrics on ``METRICS_PORT`` when that is set (see above)."""
 
     def start(self):
-        port = self.container.config.get(METRICS_PORT_CONFIG_KEY)
-        if port not in (None, "", 0, "0"):
-            serve(int(port))
+        port = METRICS_PORT.read(self.container.config)
+        if port:  # unset or 0: no port
+            serve(port)
 
 
 def event_type_of(message):

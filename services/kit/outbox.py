@@ -26,20 +26,17 @@ import logging
 import weakref
 
 from nameko import events as nameko_events
-from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import SharedExtension
 from sqlalchemy import func, select, update
 
 from services.kit import metrics, topology
 from services.kit.amqp import event_message, new_publisher
 from services.kit.background import BackgroundLoop
-from services.kit.constants import (
-    DEFAULT_OUTBOX_BATCH_SIZE, DEFAULT_OUTBOX_POLL_INTERVAL, EVENTS_EXCHANGE,
-    OUTBOX_BATCH_SIZE_CONFIG_KEY, OUTBOX_POLL_INTERVAL_CONFIG_KEY,
-)
+from services.kit.constants import EVENTS_EXCHANGE
 from services.kit.db import find_database, utcnow
 from services.kit.envelope import new_event
 from services.kit.retention import RetentionSweeper
+from services.kit.settings import AMQP_URI, OUTBOX_BATCH_SIZE, OUTBOX_POLL_INTERVAL
 from services.kit.topology import Topology
 from services.kit.trust import broker_user
 
@@ -61,11 +58,10 @@ class OutboxRelay(BackgroundLoop, SharedExtension):
         config = self.container.config
         self.database = find_database(self.container, "EventDispatcher")
         self.database.require(self.database.outbox_model, "OutboxEventMixin", "EventDispatcher")
-        self.poll_interval = float(config.get(OUTBOX_POLL_INTERVAL_CONFIG_KEY,
-                                              DEFAULT_OUTBOX_POLL_INTERVAL))
-        self.batch_size = int(config.get(OUTBOX_BATCH_SIZE_CONFIG_KEY, DEFAULT_OUTBOX_BATCH_SIZE))
+        self.poll_interval = OUTBOX_POLL_INTERVAL.read(config)
+        self.batch_size = OUTBOX_BATCH_SIZE.read(config)
         self.message_options = topology.message_options(config)  # EVENT_PRIORITY, EVENT_TTL
-        self.broker_user = broker_user(config[AMQP_URI_CONFIG_KEY])  # each event's user_id
+        self.broker_user = broker_user(AMQP_URI.read(config))  # each event's user_id
         self.publisher = new_publisher(config)
 
     def stop(self):

@@ -43,18 +43,12 @@ from sqlalchemy import delete, select, tuple_, update
 from services.kit import metrics
 from services.kit.background import BackgroundLoop
 from services.kit.db import find_database, utcnow
-from services.kit.topology import retry_delays
+from services.kit.settings import (
+    EVENT_RETRY_DELAYS, INBOX_RETENTION, OUTBOX_RETENTION, RETENTION_BATCH_SIZE, RETENTION_INTERVAL,
+)
 
 log = logging.getLogger(__name__)
 
-OUTBOX_RETENTION_CONFIG_KEY = "OUTBOX_RETENTION"  # seconds a sent outbox row is kept
-DEFAULT_OUTBOX_RETENTION = 7 * 24 * 3600.0
-INBOX_RETENTION_CONFIG_KEY = "INBOX_RETENTION"  # seconds an inbox record is kept
-DEFAULT_INBOX_RETENTION = 30 * 24 * 3600.0
-RETENTION_INTERVAL_CONFIG_KEY = "RETENTION_INTERVAL"  # seconds between sweeps
-DEFAULT_RETENTION_INTERVAL = 600.0
-RETENTION_BATCH_SIZE_CONFIG_KEY = "RETENTION_BATCH_SIZE"  # rows deleted per transaction
-DEFAULT_RETENTION_BATCH_SIZE = 1000
 # An inbox record must outlive a message's retries by far; below this a start is refused.
 MIN_INBOX_RETENTION = 3600.0
 # Event timestamps come from the producer's clock, processed_at from the consumer's.
@@ -63,18 +57,12 @@ CLOCK_SKEW_MARGIN = timedelta(minutes=5)
 
 def retention_settings(config):
     """(outbox seconds, inbox seconds, interval seconds, batch size), validated."""
-    def seconds(key, default):
-        value = config.get(key)
-        return float(default if value in (None, "") else value)
-
-    outbox = seconds(OUTBOX_RETENTION_CONFIG_KEY, DEFAULT_OUTBOX_RETENTION)
-    inbox = seconds(INBOX_RETENTION_CONFIG_KEY, DEFAULT_INBOX_RETENTION)
-    interval = seconds(RETENTION_INTERVAL_CONFIG_KEY, DEFAULT_RETENTION_INTERVAL)
-    batch_size = int(seconds(RETENTION_BATCH_SIZE_CONFIG_KEY, DEFAULT_RETENTION_BATCH_SIZE))
+    outbox, inbox = OUTBOX_RETENTION.read(config), INBOX_RETENTION.read(config)
+    interval, batch_size = RETENTION_INTERVAL.read(config), RETENTION_BATCH_SIZE.read(config)
     if outbox <= 0 or interval <= 0 or batch_size < 1:
         raise ValueError("OUTBOX_RETENTION and RETENTION_INTERVAL must be > 0 seconds and "
                          "RETENTION_BATCH_SIZE >= 1")
-    floor = max(MIN_INBOX_RETENTION, 10 * sum(retry_delays(config)))
+    floor = max(MIN_INBOX_RETENTION, 10 * sum(EVENT_RETRY_DELAYS.read(config)))
     if inbox < floor:
         raise ValueError(
             f"INBOX_RETENTION ({inbox:g}s) must be at least {floor:g}s: an inbox record must "

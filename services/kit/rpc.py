@@ -40,6 +40,7 @@ from services.kit import topology
 from services.kit.amqp import QueueConsumer
 from services.kit.db import Database, find_database
 from services.kit.errors import ServiceUnavailable
+from services.kit.settings import RPC_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,9 @@ log = logging.getLogger(__name__)
 BROKER_ERRORS = (OSError, kombu.exceptions.OperationalError, kombu.exceptions.ConnectionError,
                  amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked)
 
-RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
-DEFAULT_RPC_TIMEOUT = 5.0
-
 
 class TimedMethodProxy(MethodProxy):
-    timeout = DEFAULT_RPC_TIMEOUT
+    timeout = RPC_TIMEOUT.default
 
     def __call__(self, *args, **kwargs):
         try:
@@ -143,7 +141,6 @@ class TimedRpcProxy(RpcProxy):
         self.timeout = timeout
 
     def get_dependency(self, worker_ctx):
-        timeout = self.timeout or float(self.container.config.get(RPC_TIMEOUT_CONFIG_KEY,
-                                                                  DEFAULT_RPC_TIMEOUT))
+        timeout = self.timeout or RPC_TIMEOUT.read(self.container.config)
         return TimedServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener,
                                  timeout, **self.options)

@@ -25,18 +25,16 @@ import time
 import amqp
 from eventlet.semaphore import Semaphore
 from kombu import Exchange, Queue, binding
-from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 from nameko.extensions import SharedExtension
 
 from services.kit.amqp import make_connection
-from services.kit.config import configured_object
 from services.kit.constants import (
-    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, DEFAULT_HEARTBEAT, DEFAULT_QUEUE_TYPE,
-    DEFAULT_RETRY_DELAYS,
-    EVENT_PRIORITY_CONFIG_KEY, EVENT_TTL_CONFIG_KEY, EVENTS_EXCHANGE,
-    EXTRA_SUBSCRIPTIONS_CONFIG_KEY, MAX_PRIORITY, QUEUE_TYPE_CONFIG_KEY, QUEUE_TYPES,
-    RETRY_DELAYS_CONFIG_KEY, RETRY_SUFFIX, SHELL_EVENT_EXCHANGE, SHELL_EVENT_EXCHANGES_CONFIG_KEY,
-    SUBSCRIPTIONS_CONFIG_KEY,
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_SUFFIX, EVENTS_EXCHANGE, MAX_PRIORITY, RETRY_SUFFIX,
+    SHELL_EVENT_EXCHANGE,
+)
+from services.kit.settings import (
+    AMQP_SSL, AMQP_URI, EVENT_PRIORITY, EVENT_RETRY_DELAYS, EVENT_TTL, EXTRA_SUBSCRIPTIONS,
+    HEARTBEAT, QUEUE_TYPE, SHELL_EVENT_EXCHANGES, SUBSCRIPTIONS,
 )
 
 MIGRATE_COMMAND = "knowledge-nest migrate-queues"
@@ -56,17 +54,15 @@ class QueueArgumentsMismatch(RuntimeError):
 
 def configured_subscriptions(config):
     """{queue: binding keys} of config's SUBSCRIPTIONS and EXTRA_SUBSCRIPTIONS (see the top)."""
-    declared = configured_object(config, SUBSCRIPTIONS_CONFIG_KEY, {})
-    wanted = {name: tuple(keys) for name, keys in dict(declared).items()}
-    wanted.update({name: tuple(keys) for name, keys
-                   in ((config or {}).get(EXTRA_SUBSCRIPTIONS_CONFIG_KEY) or {}).items()})
+    wanted = {name: tuple(keys) for name, keys in SUBSCRIPTIONS.read(config).items()}
+    wanted.update({name: tuple(keys) for name, keys in EXTRA_SUBSCRIPTIONS.read(config).items()})
     return wanted
 
 
 def shell_event_exchanges(config):
     """The exchanges bound to ours for nameko's shell: the kit's and config's
     SHELL_EVENT_EXCHANGES (the application's; this suite's are contracts/subscriptions.py's)."""
-    configured = configured_object(config, SHELL_EVENT_EXCHANGES_CONFIG_KEY, ())
+    configured = SHELL_EVENT_EXCHANGES.read(config)
     return (SHELL_EVENT_EXCHANGE,) + tuple(name for name in configured
                                            if name != SHELL_EVENT_EXCHANGE)
 
@@ -81,10 +77,7 @@ def dead_letter_exchange():
 
 def retry_delays(config):
     """The configured delays (seconds) before each retry of a failing handler."""
-    delays = config.get(RETRY_DELAYS_CONFIG_KEY, DEFAULT_RETRY_DELAYS)
-    if isinstance(delays, str):  # "1,5,30" from an environment variable
-        delays = [part for part in delays.split(",") if part.strip()]
-    return tuple(float(delay) for delay in delays)
+    return EVENT_RETRY_DELAYS.read(config)
 
 
 def dead_letter_queue_name(queue_name):
@@ -96,17 +89,10 @@ def retry_queue_name(queue_name, delay):
     return f"{queue_name}{RETRY_SUFFIX}.{int(delay * 1000)}ms"
 
 
-def queue_type(config):
-    kind = str((config or {}).get(QUEUE_TYPE_CONFIG_KEY) or DEFAULT_QUEUE_TYPE).strip().lower()
-    if kind not in QUEUE_TYPES:
-        raise ValueError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}, not {kind!r}")
-    return kind
-
-
 def event_priorities(config):
     """{event_type: priority 0-9} from EVENT_PRIORITY; unlisted types get none (0)."""
     priorities = {}
-    for event_type, value in ((config or {}).get(EVENT_PRIORITY_CONFIG_KEY) or {}).items():
+    for event_type, value in EVENT_PRIORITY.read(config).items():
         if value is None:
             continue
         value = int(value)
@@ -119,7 +105,7 @@ def event_priorities(config):
 def event_ttls(config):
     """{event_type: milliseconds} from EVENT_TTL (seconds; null or absent: never expires)."""
     ttls = {}
-    for event_type, seconds in ((config or {}).get(EVENT_TTL_CONFIG_KEY) or {}).items():
+    for event_type, seconds in EVENT_TTL.read(config).items():
         if seconds is None:
             continue
         if float(seconds) < 0:
@@ -149,7 +135,7 @@ def consumer_queue_arguments(queue_name, config=None):
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": queue_name,
     }
-    if queue_type(config) == "quorum":
+    if QUEUE_TYPE.read(config) == "quorum":
         # Quorum queues (RabbitMQ 3.10) have no x-max-priority.
         arguments.update(quorum_dead_letter_arguments())
     elif event_priorities(config):
@@ -162,7 +148,7 @@ def replicated_arguments(config):
     every queue the suite consumes from must be, nameko's RPC queues too (services/kit/rpc.py).
     A classic queue lives on one node: while that node is down it cannot be consumed, and a
     copy of an event routed to it is dropped although the publisher gets its confirm."""
-    return {"x-queue-type": "quorum"} if queue_type(config) == "quorum" else {}
+    return {"x-queue-type": "quorum"} if QUEUE_TYPE.read(config) == "quorum" else {}
 
 
 def quorum_dead_letter_arguments():
@@ -196,7 +182,7 @@ def retry_queue(queue_name, delay, config=None):
         "x-dead-letter-exchange": "",  # the default exchange routes by queue name
         "x-dead-letter-routing-key": queue_name,
     }
-    if queue_type(config) == "quorum":
+    if QUEUE_TYPE.read(config) == "quorum":
         arguments.update(quorum_dead_letter_arguments())
     return Queue(retry_queue_name(queue_name, delay), durable=True, queue_arguments=arguments)
 
@@ -204,7 +190,7 @@ def retry_queue(queue_name, delay, config=None):
 def subscription_entities(queue_name, binding_keys, config):
     """Everything one subscription needs on the broker, in declaration order."""
     yield dead_letter_queue(queue_name, config)
-    for delay in retry_delays(config):
+    for delay in EVENT_RETRY_DELAYS.read(config):
         yield retry_queue(queue_name, delay, config)
     yield consumer_queue(queue_name, binding_keys, config)
 
@@ -287,9 +273,8 @@ class Topology(SharedExtension):
             if not missing and self._declared is not None:
                 return
             config = self.container.config
-            with make_connection(config[AMQP_URI_CONFIG_KEY],
-                                 config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT),
-                                 config.get(AMQP_SSL_CONFIG_KEY)) as connection:
+            with make_connection(AMQP_URI.read(config), HEARTBEAT.read(config),
+                                 AMQP_SSL.read(config)) as connection:
                 connection.ensure_connection(max_retries=3)
                 declare_topology(connection, config, missing)
             self._declared = declared | {(name, tuple(keys)) for name, keys in missing.items()}

@@ -20,13 +20,10 @@ check could not tell services apart. Compose and production turn it on (docs/ope
 """
 from urllib.parse import unquote, urlparse
 
-from services.kit.config import configured_object
+from services.kit.settings import (
+    AMQP_URI, EVENT_OPERATORS, EVENT_OWNERS, EVENT_PUBLISHERS, EVENT_TRUST,
+)
 
-# {event type: owning service}, or the import path of one (config.yml: contracts.events:OWNERS)
-OWNERS_CONFIG_KEY = "EVENT_OWNERS"
-TRUST_CONFIG_KEY = "EVENT_TRUST"
-PUBLISHERS_CONFIG_KEY = "EVENT_PUBLISHERS"
-OPERATORS_CONFIG_KEY = "EVENT_OPERATORS"
 HEADER_ORIGINAL_USER = "x-original-user-id"
 
 
@@ -37,10 +34,6 @@ class UntrustedPublisher(Exception):
 def broker_user(amqp_uri):
     """The user name in an AMQP URI (``guest`` when it names none, as kombu assumes)."""
     return unquote(urlparse(amqp_uri).username or "guest")
-
-
-def _enabled(value):
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def republished(properties, headers, own_user):
@@ -62,19 +55,16 @@ class PublisherCheck:
     """``check(event_type, properties, headers)``: UntrustedPublisher unless allowed."""
 
     def __init__(self, config):
-        self.enabled = _enabled(config.get(TRUST_CONFIG_KEY, False))
+        self.enabled = EVENT_TRUST.read(config)
         self.publishers = {service: str(user) for service, user in
-                           (config.get(PUBLISHERS_CONFIG_KEY) or {}).items()}
-        operators = config.get(OPERATORS_CONFIG_KEY) or []
-        if isinstance(operators, str):
-            operators = [name for name in operators.split(",") if name.strip()]
-        self.operators = {str(name).strip() for name in operators}
-        self.own_user = broker_user(config["AMQP_URI"])
-        self.owners = dict(configured_object(config, OWNERS_CONFIG_KEY, {}))
+                           EVENT_PUBLISHERS.read(config).items()}
+        self.operators = set(EVENT_OPERATORS.read(config))
+        self.own_user = broker_user(AMQP_URI.read(config))
+        self.owners = EVENT_OWNERS.read(config)
         if self.enabled:
             missing = sorted(set(self.owners.values()) - set(self.publishers))
             if missing:
-                raise ValueError(f"{TRUST_CONFIG_KEY} is on but {PUBLISHERS_CONFIG_KEY} names "
+                raise ValueError(f"{EVENT_TRUST.key} is on but {EVENT_PUBLISHERS.key} names "
                                  f"no broker user for {', '.join(missing)}")
 
     def publisher(self, properties, headers):

@@ -23,29 +23,18 @@ from contextlib import contextmanager
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-log = logging.getLogger(__name__)
+from services.notification.settings import (
+    MAIL_BACKEND, MAIL_FROM, SMTP_CA_FILE, SMTP_HOST, SMTP_PASSWORD, SMTP_PORT, SMTP_SSL,
+    SMTP_STARTTLS, SMTP_TIMEOUT, SMTP_USER,
+)
 
-DEFAULT_MAIL_FROM = "KnowledgeNest <no-reply@knowledgenest.local>"
-DEFAULT_SMTP_TIMEOUT = 10.0
+log = logging.getLogger(__name__)
 
 
 class MailError(Exception):
     def __init__(self, message, permanent=False):
         super().__init__(message)
         self.permanent = permanent
-
-
-def _text(value, default=""):
-    """A config value as a string: nameko's ``${VAR:}`` yields None or "" for an empty default."""
-    if value is None:
-        return default
-    return str(value)
-
-
-def _flag(value):
-    if isinstance(value, bool):
-        return value
-    return _text(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def one_line(value):
@@ -57,7 +46,7 @@ def one_line(value):
 class LogMailBackend:
     name = "log"
 
-    def __init__(self, mail_from=DEFAULT_MAIL_FROM):
+    def __init__(self, mail_from=MAIL_FROM.default):
         self.mail_from = mail_from
 
     @contextmanager
@@ -72,7 +61,7 @@ class SmtpMailBackend:
     name = "smtp"
 
     def __init__(self, host="localhost", port=25, user="", password="", starttls=False,
-                 mail_from=DEFAULT_MAIL_FROM, timeout=DEFAULT_SMTP_TIMEOUT, implicit_tls=False,
+                 mail_from=MAIL_FROM.default, timeout=SMTP_TIMEOUT.default, implicit_tls=False,
                  ca_file=""):
         if starttls and implicit_tls:
             raise ValueError("SMTP_STARTTLS and SMTP_SSL exclude each other: SMTP_SSL is TLS "
@@ -195,19 +184,11 @@ def mail_error(exc, host, port):
 
 def backend_from_config(config):
     """The backend ``MAIL_BACKEND`` names (``log`` unless set)."""
-    name = _text(config.get("MAIL_BACKEND"), "log").strip().lower() or "log"
-    mail_from = _text(config.get("MAIL_FROM"), DEFAULT_MAIL_FROM) or DEFAULT_MAIL_FROM
-    if name == "log":
+    mail_from = MAIL_FROM.read(config)
+    if MAIL_BACKEND.read(config) == "log":
         return LogMailBackend(mail_from=mail_from)
-    if name == "smtp":
-        return SmtpMailBackend(
-            host=_text(config.get("SMTP_HOST"), "localhost") or "localhost",
-            port=int(config.get("SMTP_PORT") or 25),
-            user=_text(config.get("SMTP_USER")),
-            password=_text(config.get("SMTP_PASSWORD")),
-            starttls=_flag(config.get("SMTP_STARTTLS")),
-            implicit_tls=_flag(config.get("SMTP_SSL")),
-            ca_file=_text(config.get("SMTP_CA_FILE")),
-            mail_from=mail_from,
-            timeout=float(config.get("SMTP_TIMEOUT") or DEFAULT_SMTP_TIMEOUT))
-    raise ValueError(f"MAIL_BACKEND must be 'log' or 'smtp', not {name!r}")
+    return SmtpMailBackend(
+        host=SMTP_HOST.read(config), port=SMTP_PORT.read(config), user=SMTP_USER.read(config),
+        password=SMTP_PASSWORD.read(config), starttls=SMTP_STARTTLS.read(config),
+        implicit_tls=SMTP_SSL.read(config), ca_file=SMTP_CA_FILE.read(config),
+        mail_from=mail_from, timeout=SMTP_TIMEOUT.read(config))

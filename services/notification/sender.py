@@ -29,14 +29,13 @@ from services.kit.db import find_database, utcnow
 from services.kit.handlers import EventHandler
 from services.notification.mail import MailError, backend_from_config
 from services.notification.models import FAILED, PENDING, SENT, Notification
+from services.notification.settings import (
+    MAIL_BATCH_DELAY, MAIL_MAX_ATTEMPTS, MAIL_MAX_RETRY_DELAY, MAIL_RETRY_INTERVAL,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RETRY_INTERVAL = 5.0
-DEFAULT_MAX_ATTEMPTS = 8
-DEFAULT_MAX_RETRY_DELAY = 3600.0
 DEFAULT_LEASE = 300.0
-DEFAULT_BATCH_DELAY = 0.05
 BATCH_SIZE = 20  # claimed together; the lease covers sending all of them
 
 
@@ -56,13 +55,12 @@ class MailSender(BackgroundLoop, DependencyProvider):
         config = self.container.config
         self.database = find_database(self.container, "MailSender")
         self.backend = backend_from_config(config)
-        self.retry_interval = float(config.get("MAIL_RETRY_INTERVAL") or DEFAULT_RETRY_INTERVAL)
+        self.retry_interval = MAIL_RETRY_INTERVAL.read(config)
         self.poll_interval = self.retry_interval  # the sweep for mail that is due again
         # mail can wait 50 ms: a burst of events is then claimed and marked sent in batches
-        self.settle_delay = float(config.get("MAIL_BATCH_DELAY", DEFAULT_BATCH_DELAY))
-        self.max_attempts = int(config.get("MAIL_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
-        self.max_retry_delay = float(config.get("MAIL_MAX_RETRY_DELAY")
-                                     or DEFAULT_MAX_RETRY_DELAY)
+        self.settle_delay = MAIL_BATCH_DELAY.read(config)
+        self.max_attempts = MAIL_MAX_ATTEMPTS.read(config)
+        self.max_retry_delay = MAIL_MAX_RETRY_DELAY.read(config)
         # a claimed batch must be sent before its lease ends, even if every send times out
         self.lease = max(DEFAULT_LEASE, 2 * BATCH_SIZE * getattr(self.backend, "timeout", 0))
 

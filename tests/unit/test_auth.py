@@ -212,12 +212,13 @@ def test_a_burst_beyond_the_hashing_slots_is_refused_at_once_not_queued():
 def test_hashing_slots_default_to_the_cpus_per_hash_and_a_wait_bound():
     import os
 
-    from services.auth.passwords import DEFAULT_MAX_WAIT, hashing_slots
+    from services.auth.passwords import hashing_slots
+    from services.auth.settings import PASSWORD_HASH_MAX_WAIT
 
     # one hash per PASSWORD_HASH_PARALLELISM (4 lanes) CPUs, at least one
     slots = hashing_slots({})
     assert slots.concurrency == max(1, (os.cpu_count() or 1) // 4)
-    assert (slots.queue, slots.max_wait) == (None, DEFAULT_MAX_WAIT)
+    assert (slots.queue, slots.max_wait) == (None, PASSWORD_HASH_MAX_WAIT.default)
     assert hashing_slots({"PASSWORD_HASH_PARALLELISM": 1}).concurrency == (os.cpu_count() or 1)
     assert hashing_slots({"PASSWORD_HASH_CONCURRENCY": 2, "PASSWORD_HASH_QUEUE": 0}).queue == 0
     with pytest.raises(ValueError):
