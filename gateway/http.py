@@ -15,7 +15,6 @@ import json
 import logging
 
 import eventlet
-from eventlet.semaphore import Semaphore
 from nameko.exceptions import ConfigurationError, UnknownService
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
@@ -31,6 +30,7 @@ from services.kit.errors import (Busy, Conflict, Forbidden, NotFound, ServiceErr
                                  ValidationError)
 from services.kit.rpc import BROKER_ERRORS
 from services.kit.settings import RPC_TIMEOUT
+from services.kit.turns import Turns, TurnTimeout
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +240,18 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
     server = JsonWebServer()
 
     def __init__(self, method, url, expected_exceptions=None, websocket=False, max_concurrent=None,
-                 **kwargs):
+                 max_wait=None, **kwargs):
         """``websocket``: werkzeug routes upgrade requests only to such rules.
-        ``max_concurrent`` (a Setting): at most that many requests of this route
-        in workers at once; the others wait (in their connection's greenthread, holding no
-        worker) up to RPC_TIMEOUT seconds for a turn, then get a 429 with Retry-After."""
+        ``max_concurrent`` and ``max_wait`` (Settings): at most that many requests of this route
+        in workers at once (services/kit/turns.py); the others wait (in their connection's
+        greenthread, holding no worker) for a turn. One that would wait longer than max_wait
+        seconds (estimated from the route's recent requests) is answered 503 with Retry-After at
+        once; one whose turn has not come within RPC_TIMEOUT gets a 429 with Retry-After."""
         expected = tuple(entry[0] for entry in ERROR_TABLE)
         super().__init__(method, url, expected_exceptions=expected_exceptions or expected,
                          **kwargs)
         self.websocket = websocket
-        self.max_concurrent = max_concurrent
+        self.max_concurrent, self.max_wait = max_concurrent, max_wait
         self.turns = None
 
     def get_url_rule(self):
@@ -261,19 +263,21 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
             limit = self.max_concurrent.read(self.container.config)
             if limit < 1:
                 raise ConfigurationError(f"{self.max_concurrent.key} must be at least 1")
-            self.turns = Semaphore(limit)
+            max_wait = self.max_wait.read(self.container.config) if self.max_wait else None
+            self.turns = Turns(limit, max_wait=max_wait,
+                               busy_message="too many requests of this kind at once; try again "
+                                            "in a moment")
             self.turn_timeout = RPC_TIMEOUT.read(self.container.config)
 
     def handle_request(self, request):
         if self.turns is None:
             return super().handle_request(request)
-        if not self.turns.acquire(timeout=self.turn_timeout):
-            raise TooManyRequests("too many requests of this kind in progress; try again",
-                                  retry_after=1)
         try:
-            return super().handle_request(request)
-        finally:
-            self.turns.release()
+            with self.turns.turn(timeout=self.turn_timeout):  # Busy (503) at once
+                return super().handle_request(request)
+        except TurnTimeout:
+            raise TooManyRequests("too many requests of this kind in progress; try again",
+                                  retry_after=1) from None
 
     def response_from_exception(self, exc):
         return response_for_exception(exc)

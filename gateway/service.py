@@ -20,7 +20,8 @@ from gateway.live import LiveFeed, StreamBody, WebSocketStream
 from gateway.metrics import HttpMetrics
 from contracts.asyncapi import document as asyncapi_document
 from gateway.openapi import openapi_document
-from gateway.settings import HEALTH_TIMEOUT, LOGIN_MAX_CONCURRENT, TRUSTED_PROXY_HOPS
+from gateway.settings import (HEALTH_TIMEOUT, LOGIN_MAX_CONCURRENT, LOGIN_MAX_WAIT,
+                              TRUSTED_PROXY_HOPS)
 from services.kit import metrics
 from services.kit.amqp import connect
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
@@ -102,8 +103,9 @@ class GatewayService:
         return json_response(schemas.UserSchema().dump(user), 201)
 
     # at most LOGIN_MAX_CONCURRENT logins hold a worker at once (each waits on auth's argon2);
-    # more wait their turn outside the worker pool, so a burst leaves workers for other routes
-    @http("POST", "/api/auth/login", max_concurrent=LOGIN_MAX_CONCURRENT)
+    # more wait their turn outside the worker pool, so a burst leaves workers for other routes,
+    # and those that would wait over LOGIN_MAX_WAIT are told to come back at once (503)
+    @http("POST", "/api/auth/login", max_concurrent=LOGIN_MAX_CONCURRENT, max_wait=LOGIN_MAX_WAIT)
     def login(self, request):
         args = _load_body(request, schemas.LoginRequest)
         # throttled by auth, by this client address and by account (services/auth/throttle.py)

@@ -29,6 +29,8 @@ HTTP_MAX_CONNECTIONS = Setting("HTTP_MAX_CONNECTIONS", integer, 2000,
 
 LOGIN_MAX_CONCURRENT = Setting("LOGIN_MAX_CONCURRENT", integer, 4,
                                "logins in workers at once; more wait up to RPC_TIMEOUT, then 429")
+LOGIN_MAX_WAIT = Setting("LOGIN_MAX_WAIT", seconds, 2.0,
+                         "a login that would wait longer for its turn gets a 503 at once")
 TRUSTED_PROXY_HOPS = Setting("TRUSTED_PROXY_HOPS", integer, 0,
                              "reverse proxies whose X-Forwarded-For names the client")
 HEALTH_TIMEOUT = Setting("HEALTH_TIMEOUT", seconds, 2.0,

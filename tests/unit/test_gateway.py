@@ -655,3 +655,30 @@ def test_a_login_that_waits_longer_than_rpc_timeout_for_its_turn_is_429(gateway)
                          json={"email": "a@example.com", "password": "x"}) for _ in range(2)]
     statuses = sorted(login.wait().status_code for login in logins)
     assert statuses[1] == 429
+
+
+def test_a_login_burst_beyond_the_expected_wait_is_told_to_come_back_at_once(gateway):
+    # one login at a time, a turn of ~0.3 s: the second in line would wait 0.3 s (admitted),
+    # the third 0.6 s, over LOGIN_MAX_WAIT (0.5): refused with a 503 before any login finished
+    base, mocks = gateway(LOGIN_MAX_CONCURRENT=1, LOGIN_MAX_WAIT=0.5, RPC_TIMEOUT=5)
+    mocks["auth"].authenticate.side_effect = lambda *args: eventlet.sleep(0.3) or USER
+    first = requests.post(f"{base}/api/auth/login", json={"email": "a@example.com",
+                                                          "password": "x"})
+    assert first.status_code == 200  # and the gateway knows a login's cost now
+    finished = []
+
+    def login(n):
+        response = requests.post(f"{base}/api/auth/login",
+                                 json={"email": f"u{n}@example.com", "password": "x"})
+        finished.append(response)
+        return response
+
+    pool = eventlet.GreenPool()
+    logins = [pool.spawn(login, n) for n in range(6)]
+    statuses = sorted(thread.wait().status_code for thread in logins)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    refused = [response for response in finished if response.status_code == 503]
+    assert all(response.headers["Retry-After"] == "1" for response in refused)
+    assert refused[0].json()["error"] == "service_unavailable"
+    # every refusal was answered before the first admitted login came back
+    assert [r.status_code for r in finished[:4]] == [503] * 4
