@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import sys
+import weakref
 from datetime import datetime, timezone
 
 import nameko_sqlalchemy
@@ -293,6 +294,7 @@ class Database(nameko_sqlalchemy.Database):
                                         DB_POOL_SIZE.read(config),
                                         **self.engine_options)
         map_conflicts(self.engine, self.declarative_base.metadata)
+        self._ended = weakref.WeakSet()  # workers whose transaction end_transaction() ended
         self.Session = nameko_sqlalchemy.database.sessionmaker(
             bind=self.engine, class_=nameko_sqlalchemy.database.Session, **self.session_options)
 
@@ -328,8 +330,16 @@ class Database(nameko_sqlalchemy.Database):
         return self.dbs[worker_ctx].session
 
     def end_transaction(self, worker_ctx, exc_info):
-        """The unit of work of a worker that is no event handler's (end_transaction above)."""
+        """The unit of work of an @rpc worker (end_transaction above)."""
+        self._ended.add(worker_ctx)
         return end_transaction(self.worker_session(worker_ctx), exc_info)
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        # An @rpc worker started without its entrypoint's handle_result (nameko's
+        # entrypoint_hook does that) has its transaction ended here, by the same rule.
+        if (getattr(worker_ctx.entrypoint, "ends_transaction", False)
+                and worker_ctx not in self._ended):
+            self.end_transaction(worker_ctx, exc_info)
 
     def require(self, model, mixin_name, user):
         if model is None:

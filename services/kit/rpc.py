@@ -104,6 +104,7 @@ class RpcConsumer(nameko_rpc.RpcConsumer):
 
 class Rpc(nameko_rpc.Rpc):
     rpc_consumer = RpcConsumer()
+    ends_transaction = True  # Database.worker_result ends it if handle_result did not
 
     def setup(self):
         super().setup()

@@ -120,7 +120,7 @@ def test_f8_relay_killed_between_confirm_and_marking_sent(fault_suite, broker_pr
     broker_proxy.restore()
     crashed.wait()
     ledger.state["course"].kill()  # the process dies with the confirmed rows unmarked
-    monkeypatch.setattr(events, "utcnow", real_utcnow)
+    monkeypatch.setattr(outbox, "utcnow", real_utcnow)
     unsent = query(ledger.course_db, select(OutboxEvent.id).where(OutboxEvent.sent_at.is_(None)))
     assert len(unsent) == 20
     ledger.drain_tap()
