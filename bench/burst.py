@@ -1,11 +1,13 @@
 """``python -m bench.burst [--quick]``: a burst of logins against auth's bounded argon2 queue.
 
-auth (PostgreSQL, the default argon2id cost of config.yml and the default queue: one hash per
-CPU at once, twice that waiting) and a gateway run as ``nameko run`` processes. Users are written
+auth (PostgreSQL, the default argon2id cost of config.yml and the default queues: one hash per
+PASSWORD_HASH_PARALLELISM CPUs at once, waiting at most PASSWORD_HASH_MAX_WAIT; the gateway's
+LOGIN_MAX_CONCURRENT logins at once, waiting at most LOGIN_MAX_WAIT) and a gateway run as
+``nameko run`` processes. Users are written
 in SQL with one real argon2 hash of their password (every login still verifies it in full).
 N clients each log in back to back as their own user: every answer counted by status (200, or
-503 from a full queue, at once, with ``Retry-After``); logins/s is 200s per second, p50/p99 are
-of the 200s. Each level runs ``--runs`` times; figures are medians.
+503 from a full queue, at once, with ``Retry-After``; 429: a turn not come within RPC_TIMEOUT);
+logins/s is 200s per second, p50/p99 are of the 200s. Each level runs ``--runs`` times; figures are medians.
 
 Writes OUT/results-burst.json and re-renders OUT/results.md (bench/report.py).
 """
@@ -163,7 +165,9 @@ def markdown_section(result):
                                                             else "")), "",
              "argon2id as configured by default: "
              + ", ".join(f"{k} {v}" for k, v in sorted(cost.items()))
-             + " (concurrency empty: one per CPU; queue empty: twice that). Each client logs in as "
+             + " (concurrency empty: one hash per PASSWORD_HASH_PARALLELISM CPUs, at least one; "
+             "queue empty: bounded by PASSWORD_HASH_MAX_WAIT, 2 s; the gateway's defaults: "
+             "LOGIN_MAX_CONCURRENT 4, LOGIN_MAX_WAIT 2 s). Each client logs in as "
              "its "
              "own user, back to back; medians of the runs. p50/p99 are of the 200s; a 503 is "
              "answered at once (its p99 in the last column); \"other\" is any other answer (a 503 "
