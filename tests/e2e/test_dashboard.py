@@ -157,9 +157,6 @@ def test_every_gateway_instance_streams_every_event_without_personal_data(suite)
             reader.close()
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-@pytest.mark.parametrize("database_backend", ["sqlite"], indirect=True)
 def headless_chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -173,6 +170,9 @@ def headless_chromium():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+@pytest.mark.parametrize("database_backend", ["sqlite"], indirect=True)
 def test_dashboard_in_a_headless_browser_shows_a_registration_within_two_seconds(suite):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
