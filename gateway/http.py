@@ -263,8 +263,7 @@ class GatewayHttpEntrypoint(HttpRequestHandler):
             limit = self.max_concurrent.read(self.container.config)
             if limit < 1:
                 raise ConfigurationError(f"{self.max_concurrent.key} must be at least 1")
-            max_wait = self.max_wait.read(self.container.config) if self.max_wait else None
-            self.turns = Turns(limit, max_wait=max_wait,
+            self.turns = Turns(limit, self.max_wait.read(self.container.config),
                                busy_message="too many requests of this kind at once; try again "
                                             "in a moment")
             self.turn_timeout = RPC_TIMEOUT.read(self.container.config)

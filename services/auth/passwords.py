@@ -62,16 +62,8 @@ class HashingSlots(Turns):
     def __init__(self, concurrency, queue=None, max_wait=PASSWORD_HASH_MAX_WAIT.default):
         if concurrency < 1 or (queue is not None and queue < 0):
             raise ValueError("PASSWORD_HASH_CONCURRENCY must be >= 1 and PASSWORD_HASH_QUEUE >= 0")
-        super().__init__(concurrency, queue, max_wait,
+        super().__init__(concurrency, max_wait, queue,
                          busy_message="too many sign-ins at once; try again in a moment")
-
-    @property
-    def seconds_per_hash(self):
-        return self.seconds_per_turn
-
-    @seconds_per_hash.setter
-    def seconds_per_hash(self, value):
-        self.seconds_per_turn = value
 
     def run(self, function, *args):
         with self.turn():

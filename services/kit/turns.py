@@ -23,21 +23,18 @@ from eventlet.semaphore import Semaphore
 
 from services.kit.errors import Busy
 
-DEFAULT_MAX_WAIT = 2.0  # seconds; well inside the callers' RPC_TIMEOUT (5)
-
-
 class TurnTimeout(Exception):
     """No turn came within the caller's ``timeout``."""
 
 
 class Turns:
-    def __init__(self, concurrency, queue=None, max_wait=None,
+    def __init__(self, concurrency, max_wait, queue=None,
                  busy_message="too busy; try again in a moment"):
         if concurrency < 1 or (queue is not None and queue < 0):
             raise ValueError("concurrency must be >= 1 and queue >= 0")
         self.concurrency = concurrency
         self.queue = queue  # None: bounded by max_wait alone
-        self.max_wait = DEFAULT_MAX_WAIT if max_wait is None else max_wait
+        self.max_wait = max_wait  # seconds: the callers' own setting (auth's, the gateway's)
         self.busy_message = busy_message
         self.admitted = 0  # running and waiting
         self.seconds_per_turn = None  # a moving average of recent turns

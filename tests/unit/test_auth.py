@@ -229,11 +229,11 @@ def test_the_queue_is_as_long_as_the_hash_cost_allows():
     from services.auth.passwords import HashingSlots
 
     slots = HashingSlots(concurrency=1, max_wait=1.0)
-    slots.seconds_per_hash = 0.25  # as measured from recent hashes
+    slots.seconds_per_turn = 0.25  # as measured from recent hashes
     slots.admitted = 3             # one hashing, two waiting: the next waits for 3 hashes
     assert slots.expected_wait() == 0.75
     slots.admitted = 5             # the next would wait 1.25 s: refused
     with pytest.raises(Exception, match="too many sign-ins"):
         slots.run(lambda: None)
-    slots.seconds_per_hash = 0.001  # a cheap hash: the same crowd is fine
+    slots.seconds_per_turn = 0.001  # a cheap hash: the same crowd is fine
     assert slots.run(lambda: "hashed") == "hashed"
