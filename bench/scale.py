@@ -13,12 +13,14 @@ the retention sweep on, the kit's tables' rows and bytes after each step.
 Writes OUT/results-scale.json and re-renders OUT/results.md (bench/report.py).
 """
 import datetime as dt
+import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import jwt
@@ -65,7 +67,8 @@ def event_span(sizes, side):
 # (key, what); each measured at 1 and 10 clients (p50, p99, req/s)
 REQUESTS = [
     ("courses.first", "GET /api/courses (first page)"),
-    ("courses.deep", "GET /api/courses?page=LAST (the deepest page)"),
+    ("courses.deep", "GET /api/courses?page=LAST (the deepest page, by OFFSET)"),
+    ("courses.after", "GET /api/courses?after=(the page before LAST's next: the same page, by key)"),
     ("course", "GET /api/courses/{id}"),
     ("reviews", "GET /api/courses/{id}/reviews"),
     ("notifications", "GET /api/users/me/notifications"),
@@ -75,6 +78,7 @@ REQUESTS = [
     ("events.course", "GET /api/events?course_id=N"),
     ("events.since", "GET /api/events?since=(an hour ago)"),
     ("events.until", "GET /api/events?until=(the middle of the log)"),
+    ("events.after", "GET /api/events?after=(a cursor in the middle of the log)"),
     ("summary", "GET /api/analytics/summary"),
     ("enroll", "POST /api/courses/{id}/enroll"),
 ]
@@ -305,6 +309,14 @@ class Side:
 
     # -- what the requests ask for ------------------------------------------------------------
 
+    def next_cursor(self, path, headers):
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            cursor = json.load(response)["next"]
+        if cursor is None:
+            raise RuntimeError(f"{self.label}: {path} has no next page")
+        return cursor
+
     def request_maker(self, key, rounds_seed):
         n = self.n
         import random
@@ -316,6 +328,11 @@ class Side:
         until = (now - dt.timedelta(seconds=self.events_span / 2)).isoformat().replace("+00:00", "Z")
         last_page = max(1, -(-n["courses"] // 20))
         student_tokens = {}
+        # cursors as a client gets them: the next of the page before
+        if key == "courses.after":
+            deep_cursor = self.next_cursor(f"/api/courses?page={max(1, last_page - 1)}", {})
+        elif key == "events.after":
+            deep_cursor = self.next_cursor(f"/api/events?until={until}", admin)
 
         def student(user):
             if user not in student_tokens:
@@ -327,6 +344,10 @@ class Side:
                 return "GET", "/api/courses", {}
             if key == "courses.deep":
                 return "GET", f"/api/courses?page={last_page}", {}
+            if key == "courses.after":
+                return "GET", f"/api/courses?after={deep_cursor}", {}
+            if key == "events.after":
+                return "GET", f"/api/events?after={deep_cursor}", admin
             if key == "course":
                 return "GET", f"/api/courses/{rng.randint(1, n['courses'])}", {}
             if key == "reviews":

@@ -40,6 +40,10 @@ PAGE_PARAMETERS = [
     {"name": "per_page", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PER_PAGE,
                 "default": schemas.DEFAULT_PER_PAGE}},
+    {"name": "after", "in": "query", "required": False,
+     "schema": {"type": "string", "minLength": 1, "maxLength": schemas.MAX_CURSOR_LENGTH},
+     "description": "A page's `next` cursor: the page after it, at any depth (not with page). "
+                    "Numbered pages reach the first 10,000 items; cursors have no limit."},
 ]
 EVENT_PARAMETERS = [
     {"name": "type", "in": "query", "required": False,

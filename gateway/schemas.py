@@ -11,7 +11,7 @@ from datetime import timezone
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.kit.errors import ValidationError as InvalidInput
-from services.kit.schemas import DEFAULT_PER_PAGE, MAX_PER_PAGE, StrictSchema
+from services.kit.schemas import DEFAULT_PER_PAGE, MAX_CURSOR_LENGTH, MAX_PER_PAGE, StrictSchema
 
 ROLES = ("student", "instructor")  # what anyone may register as; admins come from the CLI
 MAX_ID = 2 ** 31 - 1  # ids are 32-bit integers in every service's database
@@ -104,9 +104,17 @@ class ReviewCreateRequest(StrictSchema):
 
 
 class PageQuery(StrictSchema):
+    """A numbered page (``page``) or the page after a cursor (``after``: a page's ``next``)."""
     page = AsciiInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = AsciiInteger(load_default=DEFAULT_PER_PAGE,
                             validate=validate.Range(min=1, max=MAX_PER_PAGE))
+    # the cursor's content is the service's to check (services/kit/schemas.py, read_cursor)
+    after = Text(validate=validate.Length(min=1, max=MAX_CURSOR_LENGTH))
+
+    @validates_schema(pass_original=True)
+    def page_or_cursor(self, data, original, **kwargs):
+        if "after" in original and "page" in original:
+            raise ValidationError("Give a page number or a cursor, not both.", "after")
 
 
 class UtcQueryDateTime(fields.AwareDateTime):
@@ -212,9 +220,13 @@ class NotificationSchema(ResponseSchema):
 def _page_schema(item_schema, name):
     return type(name, (ResponseSchema,), {
         "items": fields.List(fields.Nested(item_schema), required=True),
-        "page": fields.Integer(required=True),
+        "page": fields.Integer(required=True, allow_none=True, metadata={
+            "description": "The page's number; null for a page reached by a cursor (after)"}),
         "per_page": fields.Integer(required=True),
         "total": fields.Integer(required=True),
+        "next": fields.String(required=True, allow_none=True, metadata={
+            "description": "The cursor of the page after this one (pass it as after); null on "
+                           "the last page"}),
     })
 
 

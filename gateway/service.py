@@ -128,7 +128,7 @@ class GatewayService:
         principal = self._principal(request)
         page = _page_args(request)
         result = self.notification.list_notifications(principal.user_id, page["page"],
-                                                      page["per_page"])
+                                                      page["per_page"], page.get("after"))
         return json_response(schemas.NotificationPageSchema().dump(result))
 
     # -- courses ---------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class GatewayService:
     @http("GET", "/api/courses")
     def list_courses(self, request):
         page = _page_args(request)
-        result = self.course.list_courses(page["page"], page["per_page"])
+        result = self.course.list_courses(page["page"], page["per_page"], page.get("after"))
         return json_response(schemas.CoursePageSchema().dump(result))
 
     @http("GET", f"/api/courses/{ID}")
@@ -168,7 +168,8 @@ class GatewayService:
     @http("GET", f"/api/courses/{ID}/reviews")
     def list_reviews(self, request, course_id):
         page = _page_args(request)
-        result = self.review.list_reviews(course_id, page["page"], page["per_page"])
+        result = self.review.list_reviews(course_id, page["page"], page["per_page"],
+                                          page.get("after"))
         if not result["total"]:
             self.course.get_course(course_id)  # NotFound (404) when there is no such course
         return json_response(schemas.ReviewPageSchema().dump(result))
@@ -188,7 +189,7 @@ class GatewayService:
             since=args["since"].isoformat() if "since" in args else None,
             until=args["until"].isoformat() if "until" in args else None,
             user_id=args.get("user_id"), course_id=args.get("course_id"),
-            page=args["page"], per_page=args["per_page"])
+            page=args["page"], per_page=args["per_page"], after=args.get("after"))
         return json_response(schemas.EventPageSchema().dump(result))
 
     @http("GET", "/api/analytics/summary")

@@ -117,11 +117,12 @@ def record(session, event, routing_key, received_at=None):
 
 
 def list_events(session, event_type=None, since=None, until=None, user_id=None, course_id=None,
-                page=1, per_page=20):
-    """A page of the log, newest (event timestamp) first; since inclusive, until exclusive."""
+                page=1, per_page=20, after=None):
+    """A page of the log, newest (event timestamp, then id) first; since inclusive, until
+    exclusive; ``after`` a page's ``next`` cursor (the same filters given again)."""
     args = ListEventsArgs().load_or_raise(
         {"event_type": event_type, "since": since, "until": until, "user_id": user_id,
-         "course_id": course_id, "page": page, "per_page": per_page})
+         "course_id": course_id, "page": page, "per_page": per_page, "after": after})
     query = select(EventLog)
     if args["event_type"] is not None:
         query = query.where(EventLog.event_type == args["event_type"])
@@ -133,9 +134,9 @@ def list_events(session, event_type=None, since=None, until=None, user_id=None, 
         query = query.where(EventLog.user_id == args["user_id"])
     if args["course_id"] is not None:
         query = query.where(EventLog.course_id == args["course_id"])
-    query = query.order_by(EventLog.timestamp.desc(), EventLog.id.desc())
-    return page_of(session, query, args["page"], args["per_page"], EventLogSchema(),
-                   count_limit=EVENT_COUNT_LIMIT)
+    return page_of(session, query, (EventLog.timestamp, EventLog.id), args["page"],
+                   args["per_page"], EventLogSchema(), count_limit=EVENT_COUNT_LIMIT,
+                   after=args["after"])
 
 
 def summary(session, now=None):

@@ -3,7 +3,7 @@ from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.kit.schemas import DEFAULT_PER_PAGE, MAX_PER_PAGE, StrictSchema, UtcDateTime
+from services.kit.schemas import PageArgs, StrictSchema, UtcDateTime
 
 
 class IsoDateTime(fields.DateTime):
@@ -29,17 +29,13 @@ def optional_id():
                           validate=validate.Range(min=1, max=2**63 - 1))
 
 
-class ListEventsArgs(StrictSchema):
+class ListEventsArgs(PageArgs):
     event_type = fields.String(load_default=None, allow_none=True,
                                validate=validate.Length(min=1, max=255))
     since = IsoDateTime(load_default=None, allow_none=True)
     until = IsoDateTime(load_default=None, allow_none=True)
     user_id = optional_id()
     course_id = optional_id()
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000),
-                          strict=True)
-    per_page = fields.Integer(load_default=DEFAULT_PER_PAGE,
-                              validate=validate.Range(min=1, max=MAX_PER_PAGE), strict=True)
 
     @validates_schema
     def since_before_until(self, data, **kwargs):

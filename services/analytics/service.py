@@ -27,9 +27,9 @@ class AnalyticsService:
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_events(self, event_type=None, since=None, until=None, user_id=None, course_id=None,
-                    page=1, per_page=20):
+                    page=1, per_page=20, after=None):
         return commands.list_events(self.db.session, event_type, since, until, user_id,
-                                    course_id, page, per_page)
+                                    course_id, page, per_page, after)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def summary(self):

@@ -44,9 +44,9 @@ def create_course(session, dispatch, args, instructor):
     return CourseSchema().dump(course)
 
 
-def list_courses(session, page, per_page):
-    return page_of(session, select(Course).order_by(Course.id.desc()), page, per_page,
-                   CourseSchema())
+def list_courses(session, page, per_page, after=None):
+    return page_of(session, select(Course), (Course.id,), page, per_page, CourseSchema(),
+                   after=after)
 
 
 def find_course(session, course_id):
@@ -77,11 +77,11 @@ def enroll(session, dispatch, user_id, course_id):
     return EnrollmentSchema().dump(enrollment)  # before the kit's commit, which expires it
 
 
-def list_enrollments(session, user_id, page, per_page):
+def list_enrollments(session, user_id, page, per_page, after=None):
     args = UserIdArgs().load_or_raise({"user_id": user_id})
-    query = (select(Enrollment).where(Enrollment.user_id == args["user_id"])
-             .order_by(Enrollment.id.desc()))
-    return page_of(session, query, page, per_page, EnrollmentSchema())
+    query = select(Enrollment).where(Enrollment.user_id == args["user_id"])
+    return page_of(session, query, (Enrollment.id,), page, per_page, EnrollmentSchema(),
+                   after=after)
 
 
 def is_enrolled(session, user_id, course_id):

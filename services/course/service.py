@@ -23,8 +23,8 @@ class CourseService:
         return commands.create_course(self.db.session, self.dispatch, args, instructor)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def list_courses(self, page=1, per_page=20):
-        return commands.list_courses(self.db.session, page, per_page)
+    def list_courses(self, page=1, per_page=20, after=None):
+        return commands.list_courses(self.db.session, page, per_page, after)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_course(self, course_id):
@@ -35,8 +35,8 @@ class CourseService:
         return commands.enroll(self.db.session, self.dispatch, user_id, course_id)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def list_enrollments(self, user_id, page=1, per_page=20):
-        return commands.list_enrollments(self.db.session, user_id, page, per_page)
+    def list_enrollments(self, user_id, page=1, per_page=20, after=None):
+        return commands.list_enrollments(self.db.session, user_id, page, per_page, after)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def is_enrolled(self, user_id, course_id):

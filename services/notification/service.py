@@ -48,13 +48,12 @@ class NotificationService:
         notices.new_review(self._directory(), event)
 
     @rpc
-    def list_notifications(self, user_id, page=1, per_page=20):
+    def list_notifications(self, user_id, page=1, per_page=20, after=None):
         args = ListNotificationsArgs().load_or_raise(
-            {"user_id": user_id, "page": page, "per_page": per_page})
-        query = (select(Notification).where(Notification.user_id == args["user_id"])
-                 .order_by(Notification.id.desc()))
-        return page_of(self.db.session, query, args["page"], args["per_page"],
-                       NotificationSchema())
+            {"user_id": user_id, "page": page, "per_page": per_page, "after": after})
+        query = select(Notification).where(Notification.user_id == args["user_id"])
+        return page_of(self.db.session, query, (Notification.id,), args["page"],
+                       args["per_page"], NotificationSchema(), after=args["after"])
 
     @rpc
     def health(self):

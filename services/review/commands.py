@@ -44,7 +44,7 @@ def create_review(session, dispatch, args):
     return ReviewSchema().dump(review)
 
 
-def list_reviews(session, course_id, page, per_page):
+def list_reviews(session, course_id, page, per_page, after=None):
     args = CourseIdArgs().load_or_raise({"course_id": course_id})
-    query = select(Review).where(Review.course_id == args["course_id"]).order_by(Review.id.desc())
-    return page_of(session, query, page, per_page, ReviewSchema())
+    query = select(Review).where(Review.course_id == args["course_id"])
+    return page_of(session, query, (Review.id,), page, per_page, ReviewSchema(), after=after)

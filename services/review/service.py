@@ -22,8 +22,8 @@ class ReviewService:
         return commands.create_review(self.db.session, self.dispatch, args)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def list_reviews(self, course_id, page=1, per_page=20):
-        return commands.list_reviews(self.db.session, course_id, page, per_page)
+    def list_reviews(self, course_id, page=1, per_page=20, after=None):
+        return commands.list_reviews(self.db.session, course_id, page, per_page, after)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
     def health(self):

@@ -80,6 +80,13 @@ def test_register_login_create_enroll_review_story(api):
     assert [item["id"] for item in page["items"]] == [second["id"]]  # newest first
     assert api.get("/api/courses", params={"page": 2, "per_page": 1}).json()["items"][0][
         "id"] == course["id"]
+    # the same page by the first page's cursor, and a cursor that is not one
+    after = api.get("/api/courses", params={"after": page["next"], "per_page": 1}).json()
+    assert [item["id"] for item in after["items"]] == [course["id"]]
+    assert (after["page"], after["next"]) == (None, None)
+    body = assert_error(api.get("/api/courses", params={"after": "bm90IGEgY3Vyc29y"}),
+                        400, "validation_error")
+    assert list(body["fields"]) == ["after"]
     assert api.get(f"/api/courses/{course['id']}").json()["title"] == "Python Fundamentals"
 
     # review before enrolling: 403

@@ -88,7 +88,7 @@ def test_register_create_enroll_review_story(rpc, plain, events_queue):
         "review_id": review["id"], "user_id": ada["id"], "course_id": course["id"],
         "rating": 4, "has_comment": True}
     assert rpc.review.list_reviews(course["id"]) == {
-        "items": [review], "page": 1, "per_page": 20, "total": 1}
+        "items": [review], "page": 1, "per_page": 20, "total": 1, "next": None}
 
     # the rating aggregate follows through the review.created event
     rated = wait_until(lambda: (c := rpc.course.get_course(course["id"]))["rating_count"] and c,

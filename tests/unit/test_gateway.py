@@ -322,7 +322,9 @@ def test_unknown_fields_and_wrong_types_are_400_naming_them(api):
 
 
 @pytest.mark.parametrize("query, field", [("page=0", "page"), ("per_page=101", "per_page"),
-                                          ("page=abc", "page"), ("sort=title", "sort")])
+                                          ("page=abc", "page"), ("sort=title", "sort"),
+                                          ("page=2&after=WzVd", "after"), ("after=", "after"),
+                                          ("after=" + "A" * 201, "after")])
 def test_bad_pagination_is_400(api, query, field):
     base, mocks = api
     body = assert_error(requests.get(f"{base}/api/courses?{query}"), 400, "validation_error")
@@ -333,10 +335,21 @@ def test_bad_pagination_is_400(api, query, field):
 def test_pagination_is_passed_on(api):
     base, mocks = api
     mocks["course"].list_courses.return_value = {"items": [COURSE], "page": 2, "per_page": 5,
-                                                 "total": 6}
+                                                 "total": 6, "next": "WzVd"}
     response = requests.get(f"{base}/api/courses?page=2&per_page=5")
     assert response.status_code == 200 and response.json()["total"] == 6
-    mocks["course"].list_courses.assert_called_once_with(2, 5)
+    assert response.json()["next"] == "WzVd"
+    mocks["course"].list_courses.assert_called_once_with(2, 5, None)
+
+
+def test_a_cursor_is_passed_on_and_its_page_has_no_number(api):
+    base, mocks = api
+    mocks["course"].list_courses.return_value = {"items": [COURSE], "page": None, "per_page": 5,
+                                                 "total": 6, "next": None}
+    response = requests.get(f"{base}/api/courses?after=WzVd&per_page=5")
+    assert response.status_code == 200
+    assert (response.json()["page"], response.json()["next"]) == (None, None)
+    mocks["course"].list_courses.assert_called_once_with(1, 5, "WzVd")
 
 
 def test_body_over_the_limit_is_413(api):
@@ -453,7 +466,7 @@ SUMMARY = {"events_total": 3, "events_by_type": {"user.registered": 2, "course.c
 def test_the_event_log_is_for_admins_only(api):
     base, mocks = api
     mocks["analytics"].list_events.return_value = {"items": [LOGGED], "page": 1, "per_page": 20,
-                                                   "total": 1}
+                                                   "total": 1, "next": None}
     assert_error(requests.get(f"{base}/api/events"), 401, "unauthorized")
     for user in (USER, INSTRUCTOR):
         assert_error(requests.get(f"{base}/api/events", headers=bearer(token_for(user))),
@@ -461,10 +474,11 @@ def test_the_event_log_is_for_admins_only(api):
     mocks["analytics"].list_events.assert_not_called()
     response = requests.get(f"{base}/api/events", headers=bearer(token_for(ADMIN)))
     assert response.status_code == 200, response.text
-    assert response.json() == {"items": [LOGGED], "page": 1, "per_page": 20, "total": 1}
+    assert response.json() == {"items": [LOGGED], "page": 1, "per_page": 20, "total": 1,
+                               "next": None}
     mocks["analytics"].list_events.assert_called_once_with(
         event_type=None, since=None, until=None, user_id=None, course_id=None, page=1,
-        per_page=20)
+        per_page=20, after=None)
 
 
 def test_event_log_filters_are_passed_on_with_times_in_utc(api):
@@ -474,12 +488,13 @@ def test_event_log_filters_are_passed_on_with_times_in_utc(api):
     # "+01:00" typed unencoded in a URL arrives as " 01:00": read as the offset it was
     response = requests.get(
         f"{base}/api/events?type=course.enrolled&since=2026-11-26T10:00:00+01:00"
-        "&until=2026-11-27T00:00:00Z&user_id=7&course_id=3&page=2&per_page=5",
+        "&until=2026-11-27T00:00:00Z&user_id=7&course_id=3&after=WzVd&per_page=5",
         headers=bearer(token_for(ADMIN)))
     assert response.status_code == 200, response.text
     mocks["analytics"].list_events.assert_called_once_with(
         event_type="course.enrolled", since="2026-11-26T09:00:00+00:00",
-        until="2026-11-27T00:00:00+00:00", user_id=7, course_id=3, page=2, per_page=5)
+        until="2026-11-27T00:00:00+00:00", user_id=7, course_id=3, page=1, per_page=5,
+        after="WzVd")
 
 
 @pytest.mark.parametrize("params, fields", [

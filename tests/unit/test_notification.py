@@ -196,11 +196,14 @@ def test_list_notifications_is_newest_first_and_paginated(service, session):
     assert page["items"][0]["sent_at"] is None and page["items"][0]["status"] == "pending"
     assert [item["kind"] for item in service.list_notifications(1, page=2, per_page=3)["items"]
             ] == ["welcome"]
+    after = service.list_notifications(1, per_page=3, after=page["next"])
+    assert [item["kind"] for item in after["items"]] == ["welcome"] and after["next"] is None
     assert service.list_notifications(3)["items"] == []
 
 
 @pytest.mark.parametrize("args, field", [
     (("1",), "user_id"), ((0,), "user_id"), ((1, 0), "page"), ((1, 1, 101), "per_page"),
+    ((1, 1, 20, "not a cursor"), "after"), ((1, 2, 20, "WzVd"), "after"),
 ])
 def test_list_notifications_refuses_bad_arguments(service, args, field):
     with pytest.raises(ValidationError) as error:

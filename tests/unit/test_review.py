@@ -114,6 +114,8 @@ def test_list_reviews_newest_first_paginated(service):
     assert [r["id"] for r in page["items"]] == [second["id"]]
     assert page["total"] == 2
     assert [r["id"] for r in service.list_reviews(COURSE_ID, 2, 1)["items"]] == [first["id"]]
+    after = service.list_reviews(COURSE_ID, per_page=1, after=page["next"])
+    assert [r["id"] for r in after["items"]] == [first["id"]] and after["next"] is None
     assert service.list_reviews(COURSE_ID + 1)["items"] == []
     with pytest.raises(ValidationError):
         service.list_reviews(COURSE_ID, per_page=500)
