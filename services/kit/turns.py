@@ -5,17 +5,23 @@ so at once.
     with turns.turn():        # Busy at once when the expected wait is over max_wait
         ...                   # at most 2 greenthreads here at a time
 
-    caller --> expected wait (callers ahead x recent turn duration / concurrency) > max_wait,
+    caller --> expected wait (callers ahead x seconds between turns' ends) > max_wait,
                or `queue` callers waiting already? --> Busy (the gateway: 503 + Retry-After)
-           --> wait for a turn (up to `timeout`: TurnTimeout) --> run --> duration noted
+           --> wait for a turn (up to `timeout`: TurnTimeout) --> run --> its end noted
 
 Used where a slow, CPU-bound step meets bursts: auth's argon2 hashes (services/auth/passwords.py)
 and the gateway's logins (gateway/http.py). Waiting callers that cannot be served within their
 callers' patience only pile up work whose answers nobody reads; refusing them at once keeps the
-admitted ones fast and tells the rest when to come back. The wait is estimated from the turns'
-own recent durations, so the queue is as long as the cost allows: cheap turns queue many,
-expensive ones few. Greenthreads only: nothing runs between a check and its count.
+admitted ones fast and tells the rest when to come back. The wait is estimated from how fast
+turns have ended while callers waited (the drain rate), so the queue is as long as the cost
+allows: cheap turns queue many, expensive ones few. Not from a turn's duration divided by
+``concurrency``: N turns at once are not N times as fast when what they wait on is not (the
+gateway's 4 logins at once share auth's one argon2 slot on 2 cores; that estimate admitted 4
+times too many). Until a drain has been seen, turns are taken to run one at a time: too few
+admitted for a moment rather than too many. Greenthreads only: nothing runs between a check and
+its count.
 """
+import collections
 import contextlib
 import time
 
@@ -37,7 +43,11 @@ class Turns:
         self.max_wait = max_wait  # seconds: the callers' own setting (auth's, the gateway's)
         self.busy_message = busy_message
         self.admitted = 0  # running and waiting
-        self.seconds_per_turn = None  # a moving average of recent turns
+        self.seconds_per_turn = None  # a moving average of recent turns' durations
+        self.seconds_between_ends = None  # over the last drain seen (callers waiting)
+        # the ends of the current drain's last turns: ends come in bunches of up to
+        # `concurrency`, so the rate is read over more than one bunch
+        self._drain = collections.deque(maxlen=max(8, 2 * concurrency) + 1)
         self.running = Semaphore(concurrency)
 
     def expected_wait(self):
@@ -45,7 +55,9 @@ class Turns:
         ahead = self.admitted - self.concurrency + 1
         if ahead <= 0 or self.seconds_per_turn is None:
             return 0.0
-        return ahead * self.seconds_per_turn / self.concurrency
+        if self.seconds_between_ends is None:
+            return ahead * self.seconds_per_turn  # no drain seen yet: one at a time
+        return ahead * self.seconds_between_ends
 
     @contextlib.contextmanager
     def turn(self, timeout=None):
@@ -62,8 +74,16 @@ class Turns:
                 yield
             finally:
                 self.running.release()
-                elapsed = time.monotonic() - started
-                self.seconds_per_turn = elapsed if self.seconds_per_turn is None else (
-                    0.8 * self.seconds_per_turn + 0.2 * elapsed)
+                self._note_end(started, time.monotonic())
         finally:
             self.admitted -= 1
+
+    def _note_end(self, started, ended):
+        self.seconds_per_turn = ended - started if self.seconds_per_turn is None else (
+            0.8 * self.seconds_per_turn + 0.2 * (ended - started))
+        if self.admitted <= self.concurrency:  # nobody was waiting: the drain, if any, is over
+            self._drain.clear()
+            return
+        self._drain.append(ended)
+        if len(self._drain) > self.concurrency:
+            self.seconds_between_ends = (self._drain[-1] - self._drain[0]) / (len(self._drain) - 1)
