@@ -66,6 +66,8 @@ def event_span(sizes, side):
 
 # (key, what); each measured at 1 and 10 clients (p50, p99, req/s)
 REQUESTS = [
+    # the floor of every other row: HTTP and the gateway, no RPC, no database
+    ("live", "GET /health/live (the gateway alone: no RPC, no database)"),
     ("courses.first", "GET /api/courses (first page)"),
     ("courses.deep", "GET /api/courses?page=LAST (the deepest page, by OFFSET)"),
     ("courses.after", "GET /api/courses?after=(the page before LAST's next: the same page, by key)"),
@@ -340,6 +342,8 @@ class Side:
             return student_tokens[user]
 
         def make(_client, _index):
+            if key == "live":
+                return "GET", "/health/live", {}
             if key == "courses.first":
                 return "GET", "/api/courses", {}
             if key == "courses.deep":
