@@ -12,7 +12,7 @@ from services.analytics.models import (
 )
 from services.analytics.schemas import EventLogSchema, ListEventsArgs
 from services.kit.db import utcnow
-from services.kit.schemas import page_of
+from services.kit.schemas import dumper, page_of
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def record(session, event, routing_key, received_at=None):
 def list_events(session, event_type=None, since=None, until=None, user_id=None, course_id=None,
                 page=1, per_page=20):
     """A page of the log, newest (event timestamp) first; since inclusive, until exclusive."""
-    args = ListEventsArgs().load_or_raise(
+    args = ListEventsArgs.shared().load_or_raise(
         {"event_type": event_type, "since": since, "until": until, "user_id": user_id,
          "course_id": course_id, "page": page, "per_page": per_page})
     query = select(EventLog)
@@ -134,7 +134,7 @@ def list_events(session, event_type=None, since=None, until=None, user_id=None, 
     if args["course_id"] is not None:
         query = query.where(EventLog.course_id == args["course_id"])
     query = query.order_by(EventLog.timestamp.desc(), EventLog.id.desc())
-    return page_of(session, query, args["page"], args["per_page"], EventLogSchema(),
+    return page_of(session, query, args["page"], args["per_page"], dumper(EventLogSchema),
                    count_limit=EVENT_COUNT_LIMIT)
 
 
