@@ -1,19 +1,20 @@
-"""``python -m bench.reads [--requests N] [--profile SERVICE]``: where one read's time goes.
+"""``python -m bench.reads [--requests N] [--reads A,B] [--profile SERVICE]``: what one read costs.
 
-One suite with small data on PostgreSQL (bench/scale.py's ``Side``: its own vhost and
-``kn_bench_*`` databases, dropped after), then N requests at 1 client of each read below.
-For each: p50/p99, and the CPU time per request of every process (psutil user + system over
-the read's requests: the gateway, each service, the broker, the load generator), which is what
-a request costs the machine regardless of how busy it is. ``--profile SERVICE`` (repeatable)
-runs that service under cProfile; its stats go to OUT/profile-SERVICE.prof at the end.
-Nothing is written to bench/results*.
+One suite with small data on PostgreSQL (bench/scale.py's ``Side``: its own vhost, made with
+rabbitmqctl unless BENCH_MGMT=1, and ``kn_bench_*`` databases, dropped after), then N requests
+at 1 client of each read below. For each: p50/p99, and the CPU time per request of every
+process (psutil user + system over the read's requests, minus the process's idle CPU per
+second measured first: the gateway, each service, the broker, the load generator), which is
+what a request costs the machine however busy it is. ``--profile SERVICE`` (repeatable) runs
+that service under cProfile timed by CPU (BENCH_CPROFILE=cpu); its stats go to
+OUT/profile-SERVICE.prof at the end. Nothing is written to bench/results*. bench/NOTES.md,
+"One read's CPU", has what it found.
 """
 import argparse
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
