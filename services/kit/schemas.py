@@ -77,8 +77,8 @@ class Dumper:
     def dump(self, obj, many=False):
         if self.plain:
             return self.schema.dump(obj, many=many)
-        if many:
-            return None if obj is None else [self._one(item) for item in obj]
+        if many and obj is not None:  # as marshmallow: many with None dumps None as one item
+            return [self._one(item) for item in obj]
         return self._one(obj)
 
     def _one(self, obj, missing=utils.missing):

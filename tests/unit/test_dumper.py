@@ -117,3 +117,5 @@ def test_many_and_a_schema_with_hooks():
     assert (dumper(course_schemas.CourseSchema).dump(courses, many=True)
             == course_schemas.CourseSchema().dump(courses, many=True)
             == [{"id": 1, "rating_average": 4.0}, {"id": 2}])
+    assert (dumper(course_schemas.CourseSchema).dump(None, many=True)
+            == course_schemas.CourseSchema().dump(None, many=True))
