@@ -91,8 +91,11 @@ class Service:
         self.log_path = os.path.join(self.workdir, f"{self.label}.log")
         self.log = open(self.log_path, "wb")
         command = [nameko_bin(), "run", "--config", path, *self.targets]
-        if self.profile_to:  # pyinstrument, or cProfile with BENCH_CPROFILE; written at stop
-            if os.environ.get("BENCH_CPROFILE"):
+        if self.profile_to:  # pyinstrument, or cProfile with BENCH_CPROFILE (=cpu: CPU time)
+            if os.environ.get("BENCH_CPROFILE") == "cpu":  # timed by CPU, not wall clock
+                command = [sys.executable, "-m", "bench.cpuprofile", self.profile_to,
+                           "-m", "nameko", *command[1:]]
+            elif os.environ.get("BENCH_CPROFILE"):
                 command = [sys.executable, "-m", "cProfile", "-o", self.profile_to,
                            "-m", "nameko", *command[1:]]
             else:

@@ -26,6 +26,7 @@ from services.kit import metrics
 from services.kit.amqp import connect
 from services.kit.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from services.kit.rpc import TimedRpcProxy
+from services.kit.schemas import dumper
 from services.kit.settings import AMQP_URI
 
 ID = "<id:course_id>"  # ASCII digits, no leading zero, at most schemas.MAX_ID (gateway/http.py)
@@ -48,7 +49,7 @@ def _json_body(request):
 
 
 def _load_body(request, schema_cls):
-    return schema_cls().load_or_raise(_json_body(request))
+    return schema_cls.shared().load_or_raise(_json_body(request))
 
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -75,7 +76,7 @@ def _static(name):
 
 
 def _page_args(request):
-    return schemas.PageQuery().load_or_raise(request.args.to_dict(flat=True),
+    return schemas.PageQuery.shared().load_or_raise(request.args.to_dict(flat=True),
                                              message="invalid query parameters")
 
 
@@ -100,7 +101,7 @@ class GatewayService:
     def register(self, request):
         args = _load_body(request, schemas.RegisterRequest)
         user = self.auth.register(args["email"], args["password"], args["name"], args["role"])
-        return json_response(schemas.UserSchema().dump(user), 201)
+        return json_response(dumper(schemas.UserSchema).dump(user), 201)
 
     # at most LOGIN_MAX_CONCURRENT logins hold a worker at once (each waits on auth's argon2);
     # more wait their turn outside the worker pool, so a burst leaves workers for other routes,
@@ -111,7 +112,7 @@ class GatewayService:
         # throttled by auth, by this client address and by account (services/auth/throttle.py)
         user = self.auth.authenticate(args["email"], args["password"], self._client(request))
         # a bearer token must not be kept by a browser's or a proxy's cache (RFC 6749, 5.1)
-        return json_response(schemas.TokenSchema().dump(self.tokens.issue(user)),
+        return json_response(dumper(schemas.TokenSchema).dump(self.tokens.issue(user)),
                              headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     @http("GET", "/api/users/me")
@@ -121,7 +122,7 @@ class GatewayService:
             user = self.auth.get_user(principal.user_id)
         except NotFound:
             raise Unauthorized("the token's user no longer exists") from None
-        return json_response(schemas.UserSchema().dump(user))
+        return json_response(dumper(schemas.UserSchema).dump(user))
 
     @http("GET", "/api/users/me/notifications")
     def my_notifications(self, request):
@@ -129,7 +130,7 @@ class GatewayService:
         page = _page_args(request)
         result = self.notification.list_notifications(principal.user_id, page["page"],
                                                       page["per_page"], page.get("after"))
-        return json_response(schemas.NotificationPageSchema().dump(result))
+        return json_response(dumper(schemas.NotificationPageSchema).dump(result))
 
     # -- courses ---------------------------------------------------------------------------
 
@@ -139,23 +140,23 @@ class GatewayService:
         args = _load_body(request, schemas.CourseCreateRequest)
         course = self.course.create_course(principal.user_id, args["title"],
                                            args["description"])
-        return json_response(schemas.CourseSchema().dump(course), 201)
+        return json_response(dumper(schemas.CourseSchema).dump(course), 201)
 
     @http("GET", "/api/courses")
     def list_courses(self, request):
         page = _page_args(request)
         result = self.course.list_courses(page["page"], page["per_page"], page.get("after"))
-        return json_response(schemas.CoursePageSchema().dump(result))
+        return json_response(dumper(schemas.CoursePageSchema).dump(result))
 
     @http("GET", f"/api/courses/{ID}")
     def get_course(self, request, course_id):
-        return json_response(schemas.CourseSchema().dump(self.course.get_course(course_id)))
+        return json_response(dumper(schemas.CourseSchema).dump(self.course.get_course(course_id)))
 
     @http("POST", f"/api/courses/{ID}/enroll")
     def enroll(self, request, course_id):
         principal = self._principal(request)
         enrollment = self.course.enroll(principal.user_id, course_id)
-        return json_response(schemas.EnrollmentSchema().dump(enrollment), 201)
+        return json_response(dumper(schemas.EnrollmentSchema).dump(enrollment), 201)
 
     @http("POST", f"/api/courses/{ID}/reviews")
     def create_review(self, request, course_id):
@@ -163,7 +164,7 @@ class GatewayService:
         args = _load_body(request, schemas.ReviewCreateRequest)
         review = self.review.create_review(principal.user_id, course_id, args["rating"],
                                            args["comment"])
-        return json_response(schemas.ReviewSchema().dump(review), 201)
+        return json_response(dumper(schemas.ReviewSchema).dump(review), 201)
 
     @http("GET", f"/api/courses/{ID}/reviews")
     def list_reviews(self, request, course_id):
@@ -172,7 +173,7 @@ class GatewayService:
                                           page.get("after"))
         if not result["total"]:
             self.course.get_course(course_id)  # NotFound (404) when there is no such course
-        return json_response(schemas.ReviewPageSchema().dump(result))
+        return json_response(dumper(schemas.ReviewPageSchema).dump(result))
 
     # -- analytics and the live dashboard -----------------------------------------------------
 
@@ -182,7 +183,7 @@ class GatewayService:
         principal = self._principal(request)
         if not principal.is_admin:
             raise Forbidden("only admins can read the event log")
-        args = schemas.EventQuery().load_or_raise(request.args.to_dict(flat=True),
+        args = schemas.EventQuery.shared().load_or_raise(request.args.to_dict(flat=True),
                                                   message="invalid query parameters")
         result = self.analytics.list_events(
             event_type=args.get("type"),
@@ -190,11 +191,11 @@ class GatewayService:
             until=args["until"].isoformat() if "until" in args else None,
             user_id=args.get("user_id"), course_id=args.get("course_id"),
             page=args["page"], per_page=args["per_page"], after=args.get("after"))
-        return json_response(schemas.EventPageSchema().dump(result))
+        return json_response(dumper(schemas.EventPageSchema).dump(result))
 
     @http("GET", "/api/analytics/summary")
     def analytics_summary(self, request):
-        return json_response(schemas.AnalyticsSummarySchema().dump(self.analytics.summary()))
+        return json_response(dumper(schemas.AnalyticsSummarySchema).dump(self.analytics.summary()))
 
     @http("GET", "/api/events/stream")
     def event_stream(self, request):
@@ -277,7 +278,7 @@ class GatewayService:
         unavailable = sorted(key for key, value in checks.items() if value != "ok")
         body = {"status": "unavailable" if unavailable else "ok", "checks": checks,
                 "unavailable": unavailable}
-        return json_response(schemas.HealthSchema().dump(body), 503 if unavailable else 200)
+        return json_response(dumper(schemas.HealthSchema).dump(body), 503 if unavailable else 200)
 
     def _client(self, request):
         """The client's address: the TCP peer, or behind TRUSTED_PROXY_HOPS reverse proxies

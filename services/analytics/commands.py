@@ -12,7 +12,7 @@ from services.analytics.models import (
 )
 from services.analytics.schemas import EventLogSchema, ListEventsArgs
 from services.kit.db import utcnow
-from services.kit.schemas import page_of
+from services.kit.schemas import dumper, page_of
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def list_events(session, event_type=None, since=None, until=None, user_id=None, 
                 page=1, per_page=20, after=None):
     """A page of the log, newest (event timestamp, then id) first; since inclusive, until
     exclusive; ``after`` a page's ``next`` cursor (the same filters given again)."""
-    args = ListEventsArgs().load_or_raise(
+    args = ListEventsArgs.shared().load_or_raise(
         {"event_type": event_type, "since": since, "until": until, "user_id": user_id,
          "course_id": course_id, "page": page, "per_page": per_page, "after": after})
     query = select(EventLog)
@@ -135,7 +135,7 @@ def list_events(session, event_type=None, since=None, until=None, user_id=None, 
     if args["course_id"] is not None:
         query = query.where(EventLog.course_id == args["course_id"])
     return page_of(session, query, (EventLog.timestamp, EventLog.id), args["page"],
-                   args["per_page"], EventLogSchema(), count_limit=EVENT_COUNT_LIMIT,
+                   args["per_page"], dumper(EventLogSchema), count_limit=EVENT_COUNT_LIMIT,
                    after=args["after"])
 
 

@@ -3,7 +3,7 @@ from datetime import timezone
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.kit.schemas import PageArgs, StrictSchema, UtcDateTime
+from services.kit.schemas import PageArgs, UtcDateTime
 
 
 class IsoDateTime(fields.DateTime):

@@ -10,6 +10,7 @@ from contracts import USER_REGISTERED
 from services.auth.models import EMAIL_TAKEN, User
 from services.auth.schemas import AuthenticateArgs, RegisterArgs, UserIdArgs, UserSchema
 from services.kit.errors import Conflict, NotFound, Unauthorized, ValidationError
+from services.kit.schemas import dumper
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ BAD_CREDENTIALS = "invalid email or password"
 
 
 def register(session, passwords, dispatch, email, password, name, role="student"):
-    args = RegisterArgs().load_or_raise(
+    args = RegisterArgs.shared().load_or_raise(
         {"email": email, "password": password, "name": name, "role": role})
     password_hash = passwords.hash(args["password"])  # before holding a database connection
     # The check gives the usual case a clean answer (no failed INSERT); the unique index
@@ -30,14 +31,14 @@ def register(session, passwords, dispatch, email, password, name, role="student"
     session.flush()  # the id, for the event
     dispatch(USER_REGISTERED, {"user_id": user.id, "email": user.email, "name": user.name})
     log.info("user %s registered as %s", user.id, user.role)
-    return UserSchema().dump(user)
+    return dumper(UserSchema).dump(user)
 
 
 def authenticate(session, passwords, throttle, email, password, client_address=None):
     """The user, or Unauthorized; TooManyRequests before any password check while the client
     address or the account is in a throttle delay (services/auth/throttle.py)."""
     try:
-        args = AuthenticateArgs().load_or_raise(
+        args = AuthenticateArgs.shared().load_or_raise(
             {"email": email, "password": password, "client_address": client_address})
     except ValidationError:  # not even an email and a password: just as unknown
         raise Unauthorized(BAD_CREDENTIALS) from None
@@ -54,12 +55,12 @@ def authenticate(session, passwords, throttle, email, password, client_address=N
     user = session.get(User, user_id)
     if passwords.needs_rehash(user.password_hash):  # cost parameters were raised since
         user.password_hash = passwords.hash(args["password"])
-    return UserSchema().dump(user)
+    return dumper(UserSchema).dump(user)
 
 
 def get_user(session, user_id):
-    args = UserIdArgs().load_or_raise({"user_id": user_id})
+    args = UserIdArgs.shared().load_or_raise({"user_id": user_id})
     user = session.get(User, args["user_id"])
     if user is None:
         raise NotFound(f"user {args['user_id']} does not exist")
-    return UserSchema().dump(user)
+    return dumper(UserSchema).dump(user)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from services.kit import Database, event_handler
 from services.kit.db import check_database
 from services.kit.rpc import TimedRpcProxy, rpc
-from services.kit.schemas import page_of
+from services.kit.schemas import dumper, page_of
 from services.notification import notices
 from services.notification.models import Base, Notification
 from services.notification.schemas import ListNotificationsArgs, NotificationSchema
@@ -49,11 +49,11 @@ class NotificationService:
 
     @rpc
     def list_notifications(self, user_id, page=1, per_page=20, after=None):
-        args = ListNotificationsArgs().load_or_raise(
+        args = ListNotificationsArgs.shared().load_or_raise(
             {"user_id": user_id, "page": page, "per_page": per_page, "after": after})
         query = select(Notification).where(Notification.user_id == args["user_id"])
         return page_of(self.db.session, query, (Notification.id,), args["page"],
-                       args["per_page"], NotificationSchema(), after=args["after"])
+                       args["per_page"], dumper(NotificationSchema), after=args["after"])
 
     @rpc
     def health(self):

@@ -8,14 +8,14 @@ from sqlalchemy import select
 
 from contracts import REVIEW_CREATED
 from services.kit.errors import Forbidden
-from services.kit.schemas import page_of
+from services.kit.schemas import dumper, page_of
 from services.review.models import Review
 from services.review.schemas import CourseIdArgs, CreateReviewArgs, ReviewSchema
 
 log = logging.getLogger(__name__)
 
 def validate_new_review(user_id, course_id, rating, comment):
-    args = CreateReviewArgs().load_or_raise(
+    args = CreateReviewArgs.shared().load_or_raise(
         {"user_id": user_id, "course_id": course_id, "rating": rating, "comment": comment})
     if args["comment"] is not None:
         args["comment"] = args["comment"].strip() or None
@@ -41,10 +41,10 @@ def create_review(session, dispatch, args):
     dispatch(REVIEW_CREATED, {"review_id": review.id, "user_id": review.user_id,
                                 "course_id": review.course_id, "rating": review.rating,
                                 "has_comment": review.comment is not None})
-    return ReviewSchema().dump(review)
+    return dumper(ReviewSchema).dump(review)
 
 
 def list_reviews(session, course_id, page, per_page, after=None):
-    args = CourseIdArgs().load_or_raise({"course_id": course_id})
+    args = CourseIdArgs.shared().load_or_raise({"course_id": course_id})
     query = select(Review).where(Review.course_id == args["course_id"])
-    return page_of(session, query, (Review.id,), page, per_page, ReviewSchema(), after=after)
+    return page_of(session, query, (Review.id,), page, per_page, dumper(ReviewSchema), after=after)
