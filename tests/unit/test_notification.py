@@ -89,9 +89,9 @@ def test_course_created_tells_its_instructor_it_is_live(service, session):
 
 def test_enrollment_is_confirmed_to_the_student_naming_the_course(service, session):
     service.send_welcome(registered(2, "alan@example.com", "Alan"))
-    service.confirm_enrollment(new_event("course.enrolled", {
+    service.confirm_enrollment([new_event("course.enrolled", {
         "enrollment_id": 5, "user_id": 2, "course_id": 10, "course_title": "Compilers"},
-        source="course"))
+        source="course")])
 
     notification = stored(session)[-1]
     assert notification.kind == "enrollment_confirmed"
@@ -118,10 +118,10 @@ def test_unknown_user_raises_so_the_kit_retries(service, session):
     event = new_event("course.enrolled", {"enrollment_id": 5, "user_id": 99, "course_id": 10,
                                           "course_title": "Compilers"}, source="course")
     with pytest.raises(RecipientUnknown, match="user 99"):
-        service.confirm_enrollment(event)
+        service.confirm_enrollment([event])
     service.auth.get_user.side_effect = NotFound("no user 99")
     with pytest.raises(RecipientUnknown, match="does not exist"):
-        service.confirm_enrollment(event)
+        service.confirm_enrollment([event])
     assert stored(session) == []
 
 
@@ -129,9 +129,9 @@ def test_user_unknown_to_events_is_asked_of_auth_and_remembered(service, session
     service.auth.get_user.side_effect = None
     service.auth.get_user.return_value = {"id": 42, "email": "early@example.com",
                                           "name": "Early", "role": "student"}
-    service.confirm_enrollment(new_event("course.enrolled", {
+    service.confirm_enrollment([new_event("course.enrolled", {
         "enrollment_id": 5, "user_id": 42, "course_id": 10, "course_title": "Compilers"},
-        source="course"))
+        source="course")])
 
     service.auth.get_user.assert_called_once_with(42)
     assert stored(session)[-1].email == "early@example.com"
@@ -271,6 +271,19 @@ def test_sender_sends_each_batch_in_one_mail_session(engine, session):
     assert make_sender(engine, backend).deliver_due() == BATCH_SIZE + 5
     assert backend.sessions == 2  # two batches: two connections, not one per mail
     assert len(backend.sent) == BATCH_SIZE + 5
+
+
+def test_sender_claims_row_by_row_without_update_returning(engine, session, monkeypatch):
+    from services.notification.sender import BATCH_SIZE
+    monkeypatch.setattr(engine.dialect, "update_returning", False)  # SQLite before 3.35
+    for n in range(BATCH_SIZE + 5):
+        add_pending(session, event_id=f"e{n}", email=f"u{n}@example.com")
+    backend = FakeBackend()
+    assert make_sender(engine, backend).deliver_due() == BATCH_SIZE + 5
+    assert sorted(to for to, _, _ in backend.sent) == sorted(
+        f"u{n}@example.com" for n in range(BATCH_SIZE + 5))
+    with Session(engine) as check:
+        assert {r.status for r in check.execute(select(Notification)).scalars()} == {"sent"}
 
 
 def test_sender_sends_pending_mail_once_and_marks_it_sent(engine, session):
