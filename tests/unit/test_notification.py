@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from nameko.exceptions import UnknownService
 from nameko.testing.services import worker_factory
 from sqlalchemy import create_engine, select, update
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
@@ -97,6 +98,36 @@ def test_enrollment_is_confirmed_to_the_student_naming_the_course(service, sessi
     assert notification.kind == "enrollment_confirmed"
     assert notification.email == "alan@example.com" and notification.user_id == 2
     assert "Compilers" in notification.subject and "Alan" in notification.body
+
+
+def enrolled(user_id, enrollment_id):
+    return new_event("course.enrolled", {"enrollment_id": enrollment_id, "user_id": user_id,
+                                         "course_id": 10, "course_title": "Compilers"},
+                     source="course")
+
+
+def test_a_batch_of_enrollments_reads_its_students_once_and_stores_each_once(service, session):
+    service.send_welcome(registered(2, "alan@example.com", "Alan"))
+    service.send_welcome(registered(3, "ada@example.com", "Ada"))
+    session.commit()
+    session.expunge_all()  # the contacts are read from the database, not the session
+    batch = [enrolled(2, 1), enrolled(3, 2), enrolled(2, 3)]
+    statements = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    sqlalchemy_event.listen(session.get_bind(), "before_cursor_execute", listener)
+    try:
+        service.confirm_enrollment(batch)
+        session.flush()
+    finally:
+        sqlalchemy_event.remove(session.get_bind(), "before_cursor_execute", listener)
+    assert sum("FROM contacts" in sql for sql in statements) == 1
+    assert sum("FROM notifications" in sql for sql in statements) == 1
+    service.confirm_enrollment(batch)  # again (one by one after a failed batch, say): no more
+    notifications = [n for n in stored(session) if n.kind == "enrollment_confirmed"]
+    assert sorted((n.event_id, n.email) for n in notifications) == sorted(
+        (event.event_id, email) for event, email in zip(
+            batch, ["alan@example.com", "ada@example.com", "alan@example.com"]))
+    service.auth.get_user.assert_not_called()
 
 
 def test_review_is_announced_to_the_course_instructor_not_the_reviewer(service, session):
