@@ -175,10 +175,12 @@ def run_once(service, n, code, tmp, profile, label):
                   # the probe's own queries count too (a few per 20 ms poll): an upper bound
                   "xacts": (commits1 - commits0 + rollbacks1 - rollbacks0) / n}
     finally:
-        if proc is not None:
-            proc.stop()
-        vhost.__exit__(None, None, None)
-        dbs.drop_all()
+        try:
+            if proc is not None:
+                proc.stop()
+            vhost.__exit__(None, None, None)
+        finally:
+            dbs.drop_all()
     with open(counts_path) as handle:
         counts = json.load(handle)
     result.update(statements=sum(counts["statements"].values()) / n,
