@@ -63,11 +63,26 @@ def increment(session, model, keys, **columns):
 
     ``columns`` are set too; an existing value is kept where the new one is None.
     """
-    statement = _insert(session, model).values(count=1, **keys, **columns)
-    updates = {"count": model.__table__.c.count + 1}
-    for name in columns:
-        updates[name] = func.coalesce(statement.excluded[name], model.__table__.c[name])
-    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=updates))
+    add_counts(session, model, list(keys), [dict(keys, count=1, **columns)])
+
+
+def add_counts(session, model, key_names, rows):
+    """count += row["count"] for each row (created with it), in one INSERT .. ON CONFLICT.
+
+    ``rows``: one per key, each the key's columns, ``count`` and the other columns to set (an
+    existing value is kept where the new one is None). Rows are written in key order, so that
+    two transactions lock the same rows in the same order (no deadlock between instances).
+    """
+    if not rows:
+        return
+    rows = sorted(rows, key=lambda row: tuple(row[name] for name in key_names))
+    statement = _insert(session, model).values(rows)
+    table = model.__table__
+    updates = {"count": table.c.count + statement.excluded["count"]}
+    for name in rows[0]:
+        if name not in key_names and name != "count":
+            updates[name] = func.coalesce(statement.excluded[name], table.c[name])
+    session.execute(statement.on_conflict_do_update(index_elements=key_names, set_=updates))
 
 
 def record(session, event, routing_key, received_at=None):
@@ -76,44 +91,76 @@ def record(session, event, routing_key, received_at=None):
     Returns the new log row, or None if the log already holds this event_id (it then counts
     nothing). The kit's inbox already skips a redelivered event; this is the second line.
     """
-    exists = session.execute(select(EventLog.id).where(EventLog.event_id == event.event_id)
-                             ).first()
-    if exists is not None:
-        log.info("event %s is already in the log; not counted again", event.event_id)
-        return None
-    data = event.data
-    timestamp = as_utc(event.timestamp)
-    row = EventLog(event_id=event.event_id, event_type=event.event_type,
-                   routing_key=routing_key or event.event_type, source=event.source,
-                   version=event.version, timestamp=timestamp,
-                   received_at=received_at or utcnow(), data=data,
-                   user_id=integer_id(data.get("user_id")),
-                   course_id=integer_id(data.get("course_id")))
-    session.add(row)
-    session.flush()  # the unique event_id decides a race before any aggregate moves
+    return record_all(session, [event], {event.event_id: routing_key}, received_at)[0]
 
-    increment(session, EventTypeCount, {"event_type": event.event_type})
-    increment(session, EventsPerMinute, {"minute": floor_minute(timestamp),
-                                         "event_type": event.event_type})
-    if event.event_type == USER_REGISTERED:
-        increment(session, RegistrationsPerDay, {"day": timestamp.date()})
-    elif event.event_type == COURSE_ENROLLED:
-        course_id = integer_id(data.get("course_id"))
-        if course_id is None:
-            log.warning("course.enrolled %s has no integer course_id; logged, not counted "
-                        "per course", event.event_id)
-        else:
-            title = data.get("course_title")
-            increment(session, EnrollmentsPerCourse, {"course_id": course_id},
+
+def record_all(session, events, routing_keys, received_at=None):
+    """``record`` for each of ``events`` (a batch, oldest first), in the caller's transaction.
+
+    One lookup for the batch, one INSERT of its log rows, and one upsert per aggregate table
+    with the batch's counts merged per row: per event, the aggregates' hot rows (this minute,
+    this type) would be locked and written once per event. ``routing_keys``: event_id -> the
+    routing key it was published with (None: its type). Returns the new log rows, None for an
+    event already in the log. Two events of the batch with one event_id break the log's
+    unique key at the flush (the kit then handles them one at a time).
+    """
+    ids = [event.event_id for event in events]
+    logged = set(session.execute(select(EventLog.event_id).where(EventLog.event_id.in_(ids)))
+                 .scalars())
+    received_at = received_at or utcnow()
+    rows, counts = [], {}
+
+    def count(model, key_names, key, **columns):
+        by_key = counts.setdefault(model, (key_names, {}))[1]
+        row = by_key.setdefault(key, dict(zip(key_names, key), count=0))
+        row["count"] += 1
+        for name, value in columns.items():  # the newest non-None value, as one by one
+            if value is not None or name not in row:
+                row[name] = value
+
+    for event in events:
+        if event.event_id in logged:
+            log.info("event %s is already in the log; not counted again", event.event_id)
+            rows.append(None)
+            continue
+        data = event.data
+        timestamp = as_utc(event.timestamp)
+        row = EventLog(event_id=event.event_id, event_type=event.event_type,
+                       routing_key=routing_keys.get(event.event_id) or event.event_type,
+                       source=event.source, version=event.version, timestamp=timestamp,
+                       received_at=received_at, data=data,
+                       user_id=integer_id(data.get("user_id")),
+                       course_id=integer_id(data.get("course_id")))
+        rows.append(row)
+        count(EventTypeCount, ("event_type",), (event.event_type,))
+        count(EventsPerMinute, ("minute", "event_type"), (floor_minute(timestamp),
+                                                          event.event_type))
+        if event.event_type == USER_REGISTERED:
+            count(RegistrationsPerDay, ("day",), (timestamp.date(),))
+        elif event.event_type == COURSE_ENROLLED:
+            course_id = integer_id(data.get("course_id"))
+            if course_id is None:
+                log.warning("course.enrolled %s has no integer course_id; logged, not counted "
+                            "per course", event.event_id)
+            else:
+                title = data.get("course_title")
+                count(EnrollmentsPerCourse, ("course_id",), (course_id,),
                       course_title=title[:300] if isinstance(title, str) else None)
-    elif event.event_type == REVIEW_CREATED:
-        rating = valid_rating(data.get("rating"))
-        if rating is None:
-            log.warning("review.created %s has rating %r, not 1-5; logged, not counted in the "
-                        "distribution", event.event_id, data.get("rating"))
-        else:
-            increment(session, RatingCount, {"rating": rating})
-    return row
+        elif event.event_type == REVIEW_CREATED:
+            rating = valid_rating(data.get("rating"))
+            if rating is None:
+                log.warning("review.created %s has rating %r, not 1-5; logged, not counted in "
+                            "the distribution", event.event_id, data.get("rating"))
+            else:
+                count(RatingCount, ("rating",), (rating,))
+    new_rows = [row for row in rows if row is not None]
+    if not new_rows:
+        return rows
+    session.add_all(new_rows)
+    session.flush()  # the unique event_id decides a race before any aggregate moves
+    for model, (key_names, by_key) in counts.items():
+        add_counts(session, model, list(key_names), list(by_key.values()))
+    return rows
 
 
 def list_events(session, event_type=None, since=None, until=None, user_id=None, course_id=None,

@@ -1,10 +1,11 @@
 """How analytics learns the routing key an event was published with.
 
-The kit's ``event_handler`` hands a handler the parsed envelope only. The analytics log also keeps
-the routing key, so this subclass of the kit's ``EventHandler`` (same queue, inbox, retries and
-dead-lettering) adds the delivery's routing key to the worker's context data, and ``RoutingKey``
-gives it to the handler. A retried delivery comes back through the default exchange with its queue
-name as routing key: the kit's ``x-original-routing-key`` header names the original one then.
+The kit's event handlers hand a handler the parsed envelopes only. The analytics log also keeps
+the routing key, so this subclass of the kit's ``BatchEventHandler`` (same queue, inbox, retries
+and dead-lettering) adds each delivery's routing key to the worker's context data, and
+``RoutingKeys`` gives them to the handler. A retried delivery comes back through the default
+exchange with its queue name as routing key: the kit's ``x-original-routing-key`` header names
+the original one then.
 """
 from nameko.extensions import DependencyProvider
 
@@ -12,7 +13,7 @@ from contracts.subscriptions import SHELL_EVENT_EXCHANGES
 from services.kit.constants import (
     EVENTS_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, SHELL_EVENT_EXCHANGE,
 )
-from services.kit.handlers import EventHandler
+from services.kit.handlers import BatchEventHandler
 
 CONTEXT_KEY = "delivery_routing_key"
 EVENT_EXCHANGES = (EVENTS_EXCHANGE, SHELL_EVENT_EXCHANGE) + SHELL_EVENT_EXCHANGES
@@ -35,22 +36,27 @@ def original_routing_key(headers, exchange, routing_key):
     return None
 
 
-class RecordingEventHandler(EventHandler):
-    """The kit's event handler, also telling the worker the delivery's original routing key."""
+class RecordingEventHandler(BatchEventHandler):
+    """The kit's batch event handler, also telling the worker each event's original routing
+    key: ``{event_id: routing key or None}``."""
 
-    def unpack_message_headers(self, message):
-        context = super().unpack_message_headers(message)
-        info = message.delivery_info or {}
-        context[CONTEXT_KEY] = original_routing_key(message.headers, info.get("exchange"),
-                                                    info.get("routing_key"))
+    def batch_context_data(self, batch):
+        context = super().batch_context_data(batch)
+        keys = {}
+        for message, event in batch:
+            info = message.delivery_info or {}
+            keys[event.event_id] = original_routing_key(message.headers, info.get("exchange"),
+                                                        info.get("routing_key"))
+        context[CONTEXT_KEY] = keys
         return context
 
 
-record_event_handler = RecordingEventHandler.decorator
+record_events_handler = RecordingEventHandler.decorator
 
 
-class RoutingKey(DependencyProvider):
-    """``self.routing_key``: the original routing key of the event being handled (or None)."""
+class RoutingKeys(DependencyProvider):
+    """``self.routing_keys``: event_id -> the original routing key (or None) of each event
+    being handled."""
 
     def get_dependency(self, worker_ctx):
-        return worker_ctx.context_data.get(CONTEXT_KEY)
+        return worker_ctx.context_data.get(CONTEXT_KEY) or {}

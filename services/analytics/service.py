@@ -1,13 +1,14 @@
 """analytics: every event, once, in an append-only log, with aggregates kept beside it.
 
-    knowledge_nest_events --#--> [analytics.record_event] --> event_log row + aggregates
-                                                              (one transaction with the inbox)
+    knowledge_nest_events --#--> [analytics.record_event] --> event_log rows + aggregates
+                                                              (one transaction with the inbox
+                                                               records, per batch of events)
 
 The RPC contract is docs/rpc.md; the rules are in commands.py. ``knowledge-nest replay`` reads
 this service's log to publish events again (services/analytics/replay.py).
 """
 from services.analytics import commands
-from services.analytics.delivery import RoutingKey, record_event_handler
+from services.analytics.delivery import RoutingKeys, record_events_handler
 from services.analytics.models import Base
 from services.kit import Database
 from services.kit.db import check_database
@@ -15,15 +16,20 @@ from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
 from services.kit.rpc import rpc
 
 
+MAX_BATCH = 100
+
+
 class AnalyticsService:
     name = "analytics"
 
     db = Database(Base)
-    routing_key = RoutingKey()
+    routing_keys = RoutingKeys()
 
-    @record_event_handler("#")  # every event: queue "analytics.record_event"
-    def record_event(self, event):
-        commands.record(self.db.session, event, self.routing_key)
+    # every event: queue "analytics.record_event". In batches: per event, every transaction
+    # would write the same aggregate rows (this minute's, this type's), one after another.
+    @record_events_handler("#", max_batch=MAX_BATCH)
+    def record_event(self, events):
+        commands.record_all(self.db.session, events, self.routing_keys)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_events(self, event_type=None, since=None, until=None, user_id=None, course_id=None,

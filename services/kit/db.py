@@ -150,6 +150,10 @@ def create_engine_for(uri, max_workers=10, pool_size=0, **overrides):
         event.listen(engine, "connect", _sqlite_pragmas)
     elif url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", pg.connect)  # one round trip per statement
+        # An INSERT of many rows without RETURNING (a batch's inbox records) as multi-row
+        # INSERTs, as SQLAlchemy's psycopg2 dialect does: pg8000's executemany runs it once per
+        # row, a round trip each. Read when a statement compiles, so set before any does.
+        engine.dialect.use_insertmanyvalues_wo_returning = True
     return engine
 
 

@@ -316,13 +316,17 @@ class BatchEventHandler(EventHandler):
         else:
             self._spawn(batch, partial(self._batch_done, batch))
 
+    def batch_context_data(self, batch):
+        """The context data of a worker for ``batch`` ((message, event) pairs): its first
+        message's headers (the call id stack, ...). A subclass may add what it reads from each."""
+        return self.unpack_message_headers(batch[0][0])
+
     def _spawn(self, batch, handle_result):
         self._busy = True
         try:
             self.container.spawn_worker(
                 self, ([event for _, event in batch],), {},
-                context_data=self.unpack_message_headers(batch[0][0]),
-                handle_result=handle_result)
+                context_data=self.batch_context_data(batch), handle_result=handle_result)
         except Exception as exc:
             self._busy = False
             if not isinstance(exc, ContainerBeingKilled):

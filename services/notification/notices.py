@@ -45,6 +45,14 @@ class Directory:
         return self.session.merge(Course(course_id=course_id, title=title,
                                          instructor_id=instructor_id))
 
+    def known_users(self, user_ids):
+        """Read the contacts of ``user_ids`` in one query: ``user()`` then finds them in the
+        session, without a query each."""
+        if user_ids:
+            # kept: the session's identity map holds unchanged rows only weakly
+            self._known = self.session.execute(
+                select(Contact).where(Contact.user_id.in_(sorted(user_ids)))).scalars().all()
+
     def user(self, user_id):
         contact = self.session.get(Contact, user_id)
         if contact is not None:
@@ -73,10 +81,21 @@ class Directory:
                 from None
 
 
-def store(session, event, kind, contact, subject, body):
-    """Add the pending notification, unless this event already produced one of this kind."""
-    existing = session.execute(select(Notification).where(
-        Notification.event_id == event.event_id, Notification.kind == kind)).scalar_one_or_none()
+def stored_notifications(session, events, kind):
+    """{event_id: notification} of the ``kind`` notifications ``events`` already produced."""
+    return {notification.event_id: notification for notification in session.execute(
+        select(Notification).where(Notification.event_id.in_([event.event_id for event in events]),
+                                   Notification.kind == kind)).scalars()}
+
+
+def store(session, event, kind, contact, subject, body, stored=None):
+    """Add the pending notification, unless this event already produced one of this kind.
+
+    ``stored``: what stored_notifications() found for a batch of events, this one among them.
+    """
+    if stored is None:
+        stored = stored_notifications(session, [event], kind)
+    existing = stored.get(event.event_id)
     if existing is not None:
         log.info("event %s already has its %s notification (%s)", event.event_id, kind,
                  existing.id)
@@ -110,15 +129,25 @@ def course_live(directory, event):
                  f"Your course \"{course.title}\" is live", body)
 
 
-def enrollment_confirmed(directory, event):
-    data = COURSE_ENROLLED.read(event.data)
+def enrollment_confirmed(directory, event, data=None, stored=None):
+    data = data or COURSE_ENROLLED.read(event.data)
     student = directory.user(data["user_id"])
     title = data["course_title"]
     body = (f"Hi {student.name},\n\n"
             f"You are enrolled in \"{title}\". Happy learning! Once you have followed it, "
             f"tell others what you thought with a review." + SIGNATURE)
     return store(directory.session, event, ENROLLMENT_CONFIRMED, student,
-                 f"You are enrolled in \"{title}\"", body)
+                 f"You are enrolled in \"{title}\"", body, stored)
+
+
+def enrollments_confirmed(directory, events):
+    """enrollment_confirmed() for each of ``events`` (a batch), with one query for their
+    students and one for the notifications they already produced (not two per event)."""
+    data = [COURSE_ENROLLED.read(event.data) for event in events]
+    directory.known_users({item["user_id"] for item in data})
+    stored = stored_notifications(directory.session, events, ENROLLMENT_CONFIRMED)
+    return [enrollment_confirmed(directory, event, item, stored)
+            for event, item in zip(events, data)]
 
 
 def new_review(directory, event):

@@ -3,7 +3,7 @@ answers and errors as pg8000's own three, on the real server."""
 import io
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, Integer, MetaData, Table, Text, insert, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from services.kit import pg
@@ -46,6 +46,21 @@ def test_statements_answer_as_before_in_one_round_trip(engine):
         assert counter["flushes"] == 3
         conn.commit()
         assert conn.execute(text("SELECT count(*) FROM t WHERE id > :id"), {"id": 5}).scalar() == 0
+
+
+def test_many_rows_insert_in_one_round_trip(engine):
+    """An executemany INSERT without RETURNING (a batch's inbox records): pg8000 would run it
+    once per row, a round trip each; the kit's engines send multi-row INSERTs."""
+    table = Table("many", MetaData(), Column("id", Integer, primary_key=True,
+                                             autoincrement=False), Column("name", Text))
+    with engine.connect() as conn:
+        table.create(conn)
+        conn.commit()
+        counter = count_flushes(conn.connection.dbapi_connection)
+        conn.execute(insert(table), [{"id": i, "name": f"n{i}"} for i in range(50)])
+        assert counter["flushes"] == 2  # BEGIN, one INSERT of the 50 rows
+        conn.commit()
+        assert conn.execute(text("SELECT count(*), sum(id) FROM many")).one() == (50, 1225)
 
 
 def test_errors_leave_the_connection_usable(engine):

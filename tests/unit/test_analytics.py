@@ -103,6 +103,31 @@ def test_aggregates_after_a_known_set_of_events(session):
     assert commands.summary(session, now=T0 + timedelta(hours=2))["events_per_minute"] == []
 
 
+def test_a_batch_counts_as_its_events_one_by_one(session):
+    """record_all merges a batch's counts per aggregate row; the summary is the one-by-one one,
+    on top of what earlier events counted, and an event already logged counts nothing."""
+    record_all(session, KNOWN_EVENTS[:4])
+    untitled = event("course.enrolled", {"enrollment_id": 4, "user_id": 1, "course_id": 11})
+    batch = KNOWN_EVENTS[4:] + [KNOWN_EVENTS[0], untitled]
+    rows = commands.record_all(session, batch, {KNOWN_EVENTS[5].event_id: "course.enrolled.eu"})
+    session.commit()
+
+    assert [row is None for row in rows] == [False] * 6 + [True, False]
+    assert session.execute(select(EventLog.routing_key).where(
+        EventLog.event_id == KNOWN_EVENTS[5].event_id)).scalar_one() == "course.enrolled.eu"
+    summary = commands.summary(session, now=T0 + timedelta(minutes=5))
+    assert summary["events_total"] == 11
+    assert summary["events_by_type"] == {"course.created": 1, "course.enrolled": 4,
+                                         "review.created": 3, "user.registered": 3}
+    # the title is kept where an event has none, as one by one
+    assert summary["enrollments_per_course"] == [
+        {"course_id": 11, "course_title": "Go", "count": 2},
+        {"course_id": 10, "course_title": "Python", "count": 2}]
+    assert summary["rating_distribution"] == {"1": 0, "2": 0, "3": 1, "4": 0, "5": 2}
+    assert summary["events_per_minute"][1] == {
+        "minute": "2026-11-26T10:35:00+00:00", "event_type": "course.enrolled", "count": 4}
+
+
 def test_an_empty_log_summarises_to_zeros(session):
     assert commands.summary(session) == {
         "events_total": 0, "events_by_type": {}, "registrations_per_day": [],

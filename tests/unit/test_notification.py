@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from nameko.exceptions import UnknownService
 from nameko.testing.services import worker_factory
 from sqlalchemy import create_engine, select, update
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
@@ -89,14 +90,44 @@ def test_course_created_tells_its_instructor_it_is_live(service, session):
 
 def test_enrollment_is_confirmed_to_the_student_naming_the_course(service, session):
     service.send_welcome(registered(2, "alan@example.com", "Alan"))
-    service.confirm_enrollment(new_event("course.enrolled", {
+    service.confirm_enrollment([new_event("course.enrolled", {
         "enrollment_id": 5, "user_id": 2, "course_id": 10, "course_title": "Compilers"},
-        source="course"))
+        source="course")])
 
     notification = stored(session)[-1]
     assert notification.kind == "enrollment_confirmed"
     assert notification.email == "alan@example.com" and notification.user_id == 2
     assert "Compilers" in notification.subject and "Alan" in notification.body
+
+
+def enrolled(user_id, enrollment_id):
+    return new_event("course.enrolled", {"enrollment_id": enrollment_id, "user_id": user_id,
+                                         "course_id": 10, "course_title": "Compilers"},
+                     source="course")
+
+
+def test_a_batch_of_enrollments_reads_its_students_once_and_stores_each_once(service, session):
+    service.send_welcome(registered(2, "alan@example.com", "Alan"))
+    service.send_welcome(registered(3, "ada@example.com", "Ada"))
+    session.commit()
+    session.expunge_all()  # the contacts are read from the database, not the session
+    batch = [enrolled(2, 1), enrolled(3, 2), enrolled(2, 3)]
+    statements = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    sqlalchemy_event.listen(session.get_bind(), "before_cursor_execute", listener)
+    try:
+        service.confirm_enrollment(batch)
+        session.flush()
+    finally:
+        sqlalchemy_event.remove(session.get_bind(), "before_cursor_execute", listener)
+    assert sum("FROM contacts" in sql for sql in statements) == 1
+    assert sum("FROM notifications" in sql for sql in statements) == 1
+    service.confirm_enrollment(batch)  # again (one by one after a failed batch, say): no more
+    notifications = [n for n in stored(session) if n.kind == "enrollment_confirmed"]
+    assert sorted((n.event_id, n.email) for n in notifications) == sorted(
+        (event.event_id, email) for event, email in zip(
+            batch, ["alan@example.com", "ada@example.com", "alan@example.com"]))
+    service.auth.get_user.assert_not_called()
 
 
 def test_review_is_announced_to_the_course_instructor_not_the_reviewer(service, session):
@@ -118,10 +149,10 @@ def test_unknown_user_raises_so_the_kit_retries(service, session):
     event = new_event("course.enrolled", {"enrollment_id": 5, "user_id": 99, "course_id": 10,
                                           "course_title": "Compilers"}, source="course")
     with pytest.raises(RecipientUnknown, match="user 99"):
-        service.confirm_enrollment(event)
+        service.confirm_enrollment([event])
     service.auth.get_user.side_effect = NotFound("no user 99")
     with pytest.raises(RecipientUnknown, match="does not exist"):
-        service.confirm_enrollment(event)
+        service.confirm_enrollment([event])
     assert stored(session) == []
 
 
@@ -129,9 +160,9 @@ def test_user_unknown_to_events_is_asked_of_auth_and_remembered(service, session
     service.auth.get_user.side_effect = None
     service.auth.get_user.return_value = {"id": 42, "email": "early@example.com",
                                           "name": "Early", "role": "student"}
-    service.confirm_enrollment(new_event("course.enrolled", {
+    service.confirm_enrollment([new_event("course.enrolled", {
         "enrollment_id": 5, "user_id": 42, "course_id": 10, "course_title": "Compilers"},
-        source="course"))
+        source="course")])
 
     service.auth.get_user.assert_called_once_with(42)
     assert stored(session)[-1].email == "early@example.com"
@@ -274,6 +305,19 @@ def test_sender_sends_each_batch_in_one_mail_session(engine, session):
     assert make_sender(engine, backend).deliver_due() == BATCH_SIZE + 5
     assert backend.sessions == 2  # two batches: two connections, not one per mail
     assert len(backend.sent) == BATCH_SIZE + 5
+
+
+def test_sender_claims_row_by_row_without_update_returning(engine, session, monkeypatch):
+    from services.notification.sender import BATCH_SIZE
+    monkeypatch.setattr(engine.dialect, "update_returning", False)  # SQLite before 3.35
+    for n in range(BATCH_SIZE + 5):
+        add_pending(session, event_id=f"e{n}", email=f"u{n}@example.com")
+    backend = FakeBackend()
+    assert make_sender(engine, backend).deliver_due() == BATCH_SIZE + 5
+    assert sorted(to for to, _, _ in backend.sent) == sorted(
+        f"u{n}@example.com" for n in range(BATCH_SIZE + 5))
+    with Session(engine) as check:
+        assert {r.status for r in check.execute(select(Notification)).scalars()} == {"sent"}
 
 
 def test_sender_sends_pending_mail_once_and_marks_it_sent(engine, session):
