@@ -11,7 +11,9 @@ from datetime import timezone
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.kit.errors import ValidationError as InvalidInput
-from services.kit.schemas import DEFAULT_PER_PAGE, MAX_CURSOR_LENGTH, MAX_PER_PAGE, StrictSchema
+from services.kit.schemas import (
+    DEFAULT_PER_PAGE, MAX_COUNT, MAX_CURSOR_LENGTH, MAX_PER_PAGE, StrictSchema,
+)
 
 ROLES = ("student", "instructor")  # what anyone may register as; admins come from the CLI
 MAX_ID = 2 ** 31 - 1  # ids are 32-bit integers in every service's database
@@ -223,7 +225,9 @@ def _page_schema(item_schema, name):
         "page": fields.Integer(required=True, allow_none=True, metadata={
             "description": "The page's number; null for a page reached by a cursor (after)"}),
         "per_page": fields.Integer(required=True),
-        "total": fields.Integer(required=True),
+        "total": fields.Integer(required=True, metadata={
+            "description": f"How many items the list has, counting at most {MAX_COUNT:,} "
+                           f"({MAX_COUNT:,}: at least that many)"}),
         "next": fields.String(required=True, allow_none=True, metadata={
             "description": "The cursor of the page after this one (pass it as after); null on "
                            "the last page"}),

@@ -28,6 +28,11 @@ DEFAULT_PER_PAGE = 20
 # database step over every item before it, so a deeper page would cost in proportion to its
 # depth. Cursors (``after``) reach any depth at the cost of the first page.
 MAX_PAGE_DEPTH = 10_000
+# A page's total counts at most MAX_COUNT items (MAX_COUNT means "at least that many"):
+# counting a whole list costs in proportion to it (PostgreSQL's index-only COUNT of 10,000
+# courses took 2 ms, 4 ms once updates had touched their pages; of 10,000 events of a 1M-event
+# log ~15 ms, of 1,000 under 1 ms), and cursors need no total.
+MAX_COUNT = 1_000
 MAX_CURSOR_LENGTH = 200
 MAX_KEY = 2 ** 63 - 1  # a BIGINT: a larger number in a cursor would fail in PostgreSQL
 
@@ -184,7 +189,7 @@ class PageArgs(StrictSchema):
                           validate=validate.Length(min=1, max=MAX_CURSOR_LENGTH))
 
 
-def page_of(session, query, key, page, per_page, schema, count_limit=None, after=None):
+def page_of(session, query, key, page, per_page, schema, after=None):
     """One page of ``query`` (a select() without an order), newest first, dumped with
     ``schema`` (a Schema, or its ``dumper``); the total; and ``next``, the cursor of the page
     after it.
@@ -193,8 +198,7 @@ def page_of(session, query, key, page, per_page, schema, count_limit=None, after
     (``(Course.id,)``, ``(EventLog.timestamp, EventLog.id)``); an index on them makes a
     cursor's page a range read. A numbered page must start within the first MAX_PAGE_DEPTH
     items; ``after`` (a cursor, with ``page`` left at 1) reaches any depth, and its page has
-    ``page`` None. With ``count_limit`` the total counts at most that many (for lists that grow
-    without bound: counting all of them would cost in proportion to the table).
+    ``page`` None. The total counts at most MAX_COUNT items.
     """
     args = PageArgs.shared().load_or_raise({"page": page, "per_page": per_page, "after": after})
     page, per_page, after = args["page"], args["per_page"], args["after"]
@@ -209,8 +213,7 @@ def page_of(session, query, key, page, per_page, schema, count_limit=None, after
     listed = page_query(query, key, page, per_page, after)  # a bad cursor fails here, first
     # SELECT 1: the count can be answered from an index alone
     counted = query.with_only_columns(literal_column("1"), maintain_column_froms=True)
-    if count_limit is not None:
-        counted = counted.limit(count_limit)
+    counted = counted.limit(MAX_COUNT)
     total = session.execute(select(func.count()).select_from(counted.subquery())).scalar_one()
     items = session.execute(listed).scalars().all()
     more = len(items) > per_page

@@ -393,7 +393,7 @@ def test_event_totals_count_up_to_the_limit_and_pages_stop_at_the_depth_cap(sess
                                at=T0 + timedelta(seconds=n), event_id=f"e{n}")
                          for n in range(12)])
     assert commands.list_events(session)["total"] == 12
-    monkeypatch.setattr(commands, "EVENT_COUNT_LIMIT", 5)
+    monkeypatch.setattr("services.kit.schemas.MAX_COUNT", 5)
     page = commands.list_events(session, per_page=4, page=3)
     assert page["total"] == 5  # "at least 5"
     assert [item["data"]["course_id"] for item in page["items"]] == [3, 2, 1, 0]  # still all
