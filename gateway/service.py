@@ -77,7 +77,7 @@ def _static(name):
 
 def _page_args(request):
     return schemas.PageQuery.shared().load_or_raise(request.args.to_dict(flat=True),
-                                             message="invalid query parameters")
+                                                    message="invalid query parameters")
 
 
 class GatewayService:
@@ -150,7 +150,8 @@ class GatewayService:
 
     @http("GET", f"/api/courses/{ID}")
     def get_course(self, request, course_id):
-        return json_response(dumper(schemas.CourseSchema).dump(self.course.get_course(course_id)))
+        course = self.course.get_course(course_id)
+        return json_response(dumper(schemas.CourseSchema).dump(course))
 
     @http("POST", f"/api/courses/{ID}/enroll")
     def enroll(self, request, course_id):
@@ -184,7 +185,7 @@ class GatewayService:
         if not principal.is_admin:
             raise Forbidden("only admins can read the event log")
         args = schemas.EventQuery.shared().load_or_raise(request.args.to_dict(flat=True),
-                                                  message="invalid query parameters")
+                                                         message="invalid query parameters")
         result = self.analytics.list_events(
             event_type=args.get("type"),
             since=args["since"].isoformat() if "since" in args else None,
@@ -195,7 +196,8 @@ class GatewayService:
 
     @http("GET", "/api/analytics/summary")
     def analytics_summary(self, request):
-        return json_response(dumper(schemas.AnalyticsSummarySchema).dump(self.analytics.summary()))
+        summary = self.analytics.summary()
+        return json_response(dumper(schemas.AnalyticsSummarySchema).dump(summary))
 
     @http("GET", "/api/events/stream")
     def event_stream(self, request):
