@@ -80,6 +80,12 @@ def _page_args(request):
                                                     message="invalid query parameters")
 
 
+def _cursor(args):
+    """``after`` for a list RPC, only when the request gave one: a service instance not yet
+    upgraded (a rolling deploy) still answers numbered pages."""
+    return {"after": args["after"]} if "after" in args else {}
+
+
 class GatewayService:
     name = "gateway"
 
@@ -129,7 +135,7 @@ class GatewayService:
         principal = self._principal(request)
         page = _page_args(request)
         result = self.notification.list_notifications(principal.user_id, page["page"],
-                                                      page["per_page"], page.get("after"))
+                                                      page["per_page"], **_cursor(page))
         return json_response(dumper(schemas.NotificationPageSchema).dump(result))
 
     # -- courses ---------------------------------------------------------------------------
@@ -145,7 +151,7 @@ class GatewayService:
     @http("GET", "/api/courses")
     def list_courses(self, request):
         page = _page_args(request)
-        result = self.course.list_courses(page["page"], page["per_page"], page.get("after"))
+        result = self.course.list_courses(page["page"], page["per_page"], **_cursor(page))
         return json_response(dumper(schemas.CoursePageSchema).dump(result))
 
     @http("GET", f"/api/courses/{ID}")
@@ -171,7 +177,7 @@ class GatewayService:
     def list_reviews(self, request, course_id):
         page = _page_args(request)
         result = self.review.list_reviews(course_id, page["page"], page["per_page"],
-                                          page.get("after"))
+                                          **_cursor(page))
         if not result["total"]:
             self.course.get_course(course_id)  # NotFound (404) when there is no such course
         return json_response(dumper(schemas.ReviewPageSchema).dump(result))
@@ -191,7 +197,7 @@ class GatewayService:
             since=args["since"].isoformat() if "since" in args else None,
             until=args["until"].isoformat() if "until" in args else None,
             user_id=args.get("user_id"), course_id=args.get("course_id"),
-            page=args["page"], per_page=args["per_page"], after=args.get("after"))
+            page=args["page"], per_page=args["per_page"], **_cursor(args))
         return json_response(dumper(schemas.EventPageSchema).dump(result))
 
     @http("GET", "/api/analytics/summary")

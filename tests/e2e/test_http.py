@@ -228,7 +228,7 @@ class SlowCourse:
     name = "course"
 
     @rpc
-    def list_courses(self, page=1, per_page=20):
+    def list_courses(self, page=1, per_page=20, after=None):
         eventlet.sleep(30)
 
     @rpc
