@@ -38,7 +38,7 @@ from services.kit.envelope import InvalidEvent, parse_event
 from services.kit.failures import FailureRouter
 from services.kit.inbox import Inbox, is_replayed, may_be_duplicate
 from services.kit.retention import RetentionSweeper
-from services.kit.settings import PREFETCH_COUNT
+from services.kit.settings import EVENT_MAX_BATCH, PREFETCH_COUNT
 from services.kit.topology import Topology
 from services.kit.trust import UntrustedPublisher
 
@@ -280,6 +280,10 @@ class BatchEventHandler(EventHandler):
 
     def setup(self):
         super().setup()
+        # an operator's cap (smaller transactions, or one event each to watch a backlog drain)
+        cap = EVENT_MAX_BATCH.read(self.container.config)
+        if cap is not None:
+            self.max_batch = min(self.max_batch, cap)
         self._waiting = collections.deque()     # (message, event) not given to a worker yet
         self._one_by_one = collections.deque()  # (message, event) of a batch that failed
         self._busy = False

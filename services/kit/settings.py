@@ -74,6 +74,13 @@ def integer(value):
     return int(value.strip() if isinstance(value, str) else value)
 
 
+def positive_integer(value):
+    number = integer(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
 def seconds(value):
     if isinstance(value, bool):
         raise ValueError("not a number of seconds")
@@ -171,6 +178,9 @@ RABBITMQ_HOSTS = Setting("RABBITMQ_HOSTS", names, (),
                          "host:port of every broker node; replaces AMQP_URI's host")
 PREFETCH_COUNT = Setting("PREFETCH_COUNT", integer, 20,
                          "messages each event consumer takes ahead of its workers")
+EVENT_MAX_BATCH = Setting("EVENT_MAX_BATCH", positive_integer, None,
+                          "events per transaction of a batch handler at most (unset: each "
+                          "handler's own max_batch)")
 DB_URIS = Setting("DB_URIS", mapping, {}, "the database URL of each '<service>:Base'")
 DB_POOL_SIZE = Setting("DB_POOL_SIZE", integer, 0,
                        "PostgreSQL connections kept per instance (0: max_workers + 3)")

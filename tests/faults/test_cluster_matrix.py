@@ -18,7 +18,8 @@ ENROLLED_QUEUE = "notification.confirm_enrollment"
 ALL = list(MODULES)
 WITHOUT_NOTIFICATION = [name for name in ALL if name != "notification"]
 # one scheduler's worth of work at a time: the kill must land mid-backlog on a busy machine
-SLOW_NOTIFICATION = {"MAX_WORKERS": "2", "PREFETCH_COUNT": "10"}
+# a backlog handled a few events at a time, so that a kill lands in the middle of it
+SLOW_NOTIFICATION = {"MAX_WORKERS": "2", "PREFETCH_COUNT": "10", "EVENT_MAX_BATCH": "1"}
 
 
 @pytest.fixture

@@ -121,6 +121,16 @@ def test_backlog_is_handled_in_batches_each_event_once_in_order(container_factor
     assert plain.message_count(QUEUE + ".dlq") == 0
 
 
+def test_event_max_batch_caps_every_batch(container_factory, config, plain):
+    count = 30
+    start_after_backlog(container_factory, dict(config, EVENT_MAX_BATCH=3), plain,
+                        [entry_event(seq) for seq in range(count)])
+
+    wait_until(lambda: len(entries(config)) == count, timeout=30, message="backlog handled")
+    assert [row.seq for row in entries(config)] == list(range(count))
+    assert max(len(batch) for batch in Ledger.batches) == 3
+
+
 def test_failing_event_is_retried_alone_the_rest_of_its_batch_is_handled_once(
         container_factory, config, plain):
     events = [entry_event(seq, fail=(seq == 7)) for seq in range(20)]
