@@ -39,29 +39,6 @@ CONSUMERS = {"analytics": "analytics.record_event",
 USERS, COURSES = 1000, 100
 
 
-class Vhost(procs.Vhost):
-    """A throwaway vhost made with rabbitmqctl: the probe needs no management plugin."""
-
-    def __enter__(self):
-        subprocess.run(["rabbitmqctl", "add_vhost", self.name], check=True, capture_output=True)
-        subprocess.run(["rabbitmqctl", "set_permissions", "-p", self.name, "guest", ".*", ".*",
-                        ".*"], check=True, capture_output=True)
-        return self
-
-    def __exit__(self, *exc):
-        subprocess.run(["rabbitmqctl", "delete_vhost", self.name], capture_output=True)
-
-    def consumers(self, queue):
-        connection = pika.BlockingConnection(parameters(self.amqp_uri))
-        try:
-            return connection.channel().queue_declare(queue, passive=True).method.consumer_count
-        except pika.exceptions.ChannelClosedByBroker:
-            return 0  # not declared yet
-        finally:
-            if connection.is_open:
-                connection.close()
-
-
 def config(vhost, db_url, service):
     return {
         "AMQP_URI": vhost.amqp_uri, "HEARTBEAT": 15, "PREFETCH_COUNT": 20, "RPC_TIMEOUT": 30,
@@ -128,7 +105,7 @@ def db_stats(dbs, service):
 def run_once(service, n, code, tmp, profile, label):
     name = f"kn_bench_probe_{uuid.uuid4().hex[:6]}"
     dbs = Databases("postgresql", name, tmp)
-    vhost = Vhost(name)
+    vhost = procs.CtlVhost(name)
     counts_path = os.path.join(tmp, f"{label}.counts.json")
     proc = None
     try:

@@ -56,6 +56,29 @@ class Vhost:
                         timeout=10).raise_for_status()
 
 
+class CtlVhost(Vhost):
+    """procs.Vhost through rabbitmqctl, for a broker without the management plugin."""
+
+    def _ctl(self, *args):
+        return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True,
+                              text=True, timeout=60).stdout
+
+    def __enter__(self):
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return self
+
+    def __exit__(self, *exc):
+        self._ctl("delete_vhost", self.name)
+
+    def consumers(self, queue):
+        for line in self._ctl("list_queues", "-p", self.name, "name", "consumers").splitlines():
+            name, _, count = line.rpartition("\t")
+            if name == queue:
+                return int(count)
+        return 0
+
+
 def broker_version():
     try:
         return requests.get(f"{MGMT}/overview", auth=AUTH, timeout=10).json()["rabbitmq_version"]

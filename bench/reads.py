@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -22,29 +21,6 @@ import uuid
 from bench import procs
 from bench.load import closed_loop, percentile
 from bench.scale import QUICK, Side, event_span, log
-
-class CtlVhost(procs.Vhost):
-    """procs.Vhost through rabbitmqctl, for a broker without the management plugin."""
-
-    def _ctl(self, *args):
-        return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True,
-                              text=True, timeout=60).stdout
-
-    def __enter__(self):
-        self._ctl("add_vhost", self.name)
-        self._ctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
-        return self
-
-    def __exit__(self, *exc):
-        self._ctl("delete_vhost", self.name)
-
-    def consumers(self, queue):
-        for line in self._ctl("list_queues", "-p", self.name, "name", "consumers").splitlines():
-            name, _, count = line.rpartition("\t")
-            if name == queue:
-                return int(count)
-        return 0
-
 
 READS = ["course", "courses.first", "reviews", "events", "summary", "notifications"]
 
@@ -66,7 +42,7 @@ def main(argv=None):
     side = Side("small", sizes["small"], f"kn_bench_{uuid.uuid4().hex[:8]}", tmp, {},
                 event_span(dict(large=sizes["small"], small=sizes["small"]), "small"))
     if os.environ.get("BENCH_MGMT") != "1":
-        side.vhost = CtlVhost(side.vhost.name)
+        side.vhost = procs.CtlVhost(side.vhost.name)
     results = {}
     try:
         side.prepare()

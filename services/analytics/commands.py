@@ -55,14 +55,6 @@ def _insert(session, model):
     raise RuntimeError(f"analytics aggregates need PostgreSQL or SQLite, not {dialect}")
 
 
-def increment(session, model, keys, **columns):
-    """count += 1 for the row with ``keys`` (created at 1), atomically (INSERT .. ON CONFLICT).
-
-    ``columns`` are set too; an existing value is kept where the new one is None.
-    """
-    add_counts(session, model, list(keys), [dict(keys, count=1, **columns)])
-
-
 def add_counts(session, model, key_names, rows):
     """count += row["count"] for each row (created with it), in one INSERT .. ON CONFLICT.
 

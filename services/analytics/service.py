@@ -16,9 +16,6 @@ from services.kit.errors import EXPECTED_ERRORS, ServiceUnavailable
 from services.kit.rpc import rpc
 
 
-MAX_BATCH = 100
-
-
 class AnalyticsService:
     name = "analytics"
 
@@ -27,7 +24,7 @@ class AnalyticsService:
 
     # every event: queue "analytics.record_event". In batches: per event, every transaction
     # would write the same aggregate rows (this minute's, this type's), one after another.
-    @record_events_handler("#", max_batch=MAX_BATCH)
+    @record_events_handler("#")
     def record_event(self, events):
         commands.record_all(self.db.session, events, self.routing_keys)
 

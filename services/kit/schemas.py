@@ -59,7 +59,7 @@ class Dumper:
     schemas through their own Dumper, and every other field through its ``_serialize``. A schema
     with dump hooks, ``many``, a custom ``get_attribute`` or a field with a dotted attribute or
     a ``dump_default`` gets plain ``schema.dump``. tests/unit/test_dumper.py compares both on
-    every response schema. ``Dumper.of(schema)`` keeps one per schema instance.
+    every response schema. ``dumper(schema_cls)`` keeps one per schema class.
     """
 
     def __init__(self, schema):
@@ -69,13 +69,6 @@ class Dumper:
         self.plan = [] if self.plain else [self._step(attr, field)
                                           for attr, field in schema.dump_fields.items()]
         self.plain = self.plain or None in self.plan
-
-    @classmethod
-    def of(cls, schema):
-        dumper = schema.__dict__.get("_kit_dumper")
-        if dumper is None:
-            dumper = schema._kit_dumper = cls(schema)
-        return dumper
 
     @staticmethod
     def _step(attr, field):

@@ -129,8 +129,8 @@ def course_live(directory, event):
                  f"Your course \"{course.title}\" is live", body)
 
 
-def enrollment_confirmed(directory, event, data=None, stored=None):
-    data = data or COURSE_ENROLLED.read(event.data)
+def enrollment_confirmed(directory, event, data, stored):
+    """``data``: the event's, read; ``stored``: what stored_notifications() found."""
     student = directory.user(data["user_id"])
     title = data["course_title"]
     body = (f"Hi {student.name},\n\n"

@@ -20,9 +20,6 @@ from services.notification.schemas import ListNotificationsArgs, NotificationSch
 from services.notification.sender import MailSender
 
 
-MAX_BATCH = 100
-
-
 class NotificationService:
     name = "notification"
 
@@ -43,7 +40,7 @@ class NotificationService:
         notices.course_live(self._directory(), event)
 
     # the busiest of the four: in batches, one transaction (and one WAL flush) for many
-    @batch_event_handler("course.enrolled", max_batch=MAX_BATCH)
+    @batch_event_handler("course.enrolled")
     def confirm_enrollment(self, events):
         notices.enrollments_confirmed(self._directory(), events)
 
