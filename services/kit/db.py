@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import sys
+import time
 import weakref
 from datetime import datetime, timezone
 
@@ -38,7 +39,10 @@ from sqlalchemy import (
     BigInteger, DateTime, Index, Integer, String, Text, create_engine, event, text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError, IntegrityError, InterfaceError, InvalidatePoolError, OperationalError,
+    SQLAlchemyError, TimeoutError as PoolTimeout,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit import pg
@@ -124,10 +128,45 @@ def engine_options(url, max_workers=10, pool_size=0):
     # Kept open: one per worker (max_workers) and per background loop, so that a busy service
     # never opens and closes an overflow connection per request (a PostgreSQL connection costs
     # a few ms to open); the overflow is for a worker's second, short session (the inbox check
-    # of a redelivered event). pre-ping: a database that went away and came back costs one
-    # failed request, not all.
+    # of a redelivered event). Not SQLAlchemy's pre-ping: ping_when_idle instead.
+    # LIFO: the connection just checked in is the next one out, so a light load keeps reusing
+    # one (never idle long enough to be pinged) and the rest stay idle until needed.
     return {"pool_size": pool_size or max_workers + BACKGROUND_CONNECTIONS,
-            "max_overflow": max_workers, "pool_pre_ping": True, "pool_timeout": 10}
+            "max_overflow": max_workers, "pool_timeout": 10, "pool_use_lifo": True}
+
+
+# A pooled connection idle longer than this is pinged (SELECT 1) before a worker gets it.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def ping_when_idle(engine):
+    """Ping a pooled connection before use only if it has been idle PING_AFTER_IDLE_SECONDS.
+
+    SQLAlchemy's pre-ping pings at every checkout: a round trip per RPC and per event, a fifth of
+    a read's. What it guards against is a connection that died while it sat in the pool (the
+    database restarted or failed over, an idle timeout cut it), and a restart takes longer than
+    a second: a connection idle since before it is pinged, fails the ping, and the pool is
+    renewed (every connection older than that failure is replaced, as pre-ping does), so no
+    request fails for it. One checked in less than a second ago was working then; if it died
+    since, its request fails as an unavailable database (503) and renews the pool the same way.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def idle_since(_dbapi_connection, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping(dbapi_connection, record, _proxy):
+        since = record.info.pop("idle_since", None)  # none for a new connection
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # a connection that cannot SELECT 1 is of no use
+            log.info("a pooled connection failed its ping (%s): renewing the pool",
+                     type(exc).__name__)
+            raise InvalidatePoolError(str(exc)) from exc
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -148,7 +187,9 @@ def create_engine_for(uri, max_workers=10, pool_size=0, **overrides):
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    elif url.drivername == "postgresql+pg8000":
+    else:
+        ping_when_idle(engine)
+    if url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", pg.connect)  # one round trip per statement
         # An INSERT of many rows without RETURNING (a batch's inbox records) as multi-row
         # INSERTs, as SQLAlchemy's psycopg2 dialect does: pg8000's executemany runs it once per
@@ -249,6 +290,21 @@ def end_transaction(session, exc_info):
     return exc_info
 
 
+def unreachable_database(exc_info, service_name):
+    """``exc_info`` as the caller should see it: a worker failed by its database's connection
+    (refused, closed under it, none free in the pool in time) fails with ServiceUnavailable,
+    which the gateway answers 503 with Retry-After, not with the driver's error (a 500)."""
+    exc = exc_info[1] if exc_info else None
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        try:
+            raise ServiceUnavailable(f"{service_name}: database unavailable "
+                                     f"({type(exc).__name__})") from exc
+        except ServiceUnavailable:
+            return sys.exc_info()
+    return exc_info
+
+
 def rollback(session):
     """Roll a failed worker's transaction back (it frees SQLite's one connection); a rollback
     that fails too (the database went away) is logged, not raised: the connection is dropped."""
@@ -334,9 +390,11 @@ class Database(nameko_sqlalchemy.Database):
         return self.dbs[worker_ctx].session
 
     def end_transaction(self, worker_ctx, exc_info):
-        """The unit of work of an @rpc worker (end_transaction above)."""
+        """The unit of work of an @rpc worker (end_transaction above); a database that could not
+        be reached is the caller's ServiceUnavailable (unreachable_database)."""
         self._ended.add(worker_ctx)
-        return end_transaction(self.worker_session(worker_ctx), exc_info)
+        return unreachable_database(end_transaction(self.worker_session(worker_ctx), exc_info),
+                                    self.container.service_name)
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         # An @rpc worker started without its entrypoint's handle_result (nameko's

@@ -9,6 +9,13 @@ and reads the answers in one pass: the same messages and handlers, one wait. An 
 step makes the server skip to the Sync and answer ErrorResponse then ReadyForQuery, which that
 pass reads as before.
 
+And the ``BEGIN`` pg8000 sends before a transaction's first statement, a round trip of its own,
+goes with that statement instead: Parse, Bind and Execute of ``BEGIN`` ahead of the statement's
+messages, under the statement's one Sync (a statement without parameters, which pg8000 sends as
+a simple Query, gets ``BEGIN;`` in front). In both, a failing ``BEGIN`` makes the server skip
+the statement, so nothing ever runs outside the transaction it was meant for. A read is then
+two round trips (the SELECT, the COMMIT), a write of three statements four.
+
 ``create_engine_for`` (services/kit/db.py) makes every PostgreSQL engine connect with it.
 
 Also: pg8000 rewrites each statement's ``%s`` placeholders into ``$1, $2, ...`` by walking it
@@ -50,17 +57,51 @@ ISO_READERS = {
 }
 
 
+BEGIN = "begin transaction"  # what pg8000's cursor sends before a transaction's first statement
+BEGIN_PARSE = NULL_BYTE + BEGIN.encode("ascii") + NULL_BYTE + H_pack(0)
+BEGIN_BIND = NULL_BYTE + NULL_BYTE + H_pack(0) + H_pack(0) + H_pack(0)
+
+
 class PipelinedConnection(pg8000.legacy.Connection):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._begin_pending = False  # BEGIN asked for, to be sent with the next statement
         for oid, read in ISO_READERS.items():
             self.register_in_adapter(oid, read)
+
+    def _take_begin(self):
+        """Whether the next statement must start the transaction pg8000 asked for."""
+        pending, self._begin_pending = self._begin_pending, False
+        return pending and not self.autocommit and not self._in_transaction
+
+    def execute_simple(self, statement):
+        if statement == BEGIN and not self.autocommit:
+            self._begin_pending = True
+            return Context(statement)
+        if not self._take_begin():
+            return super().execute_simple(statement)
+        if self._sock is None:
+            raise InterfaceError("connection is closed")
+        context = Context(statement)
+        # one simple Query: a statement that fails skips the rest of its string
+        self.send_QUERY(f"{BEGIN};\n{statement}")
+        _flush(self._sock)
+        self.handle_messages(context)
+        return context
+
+    def rollback(self):
+        self._begin_pending = False  # a transaction that ran nothing has nothing to undo
+        super().rollback()
 
     def execute_unnamed(self, statement, vals=(), oids=(), stream=None):
         if self._sock is None:
             raise InterfaceError("connection is closed")
         context = Context(statement, stream=stream)
+        if self._take_begin():  # under the statement's Sync: BEGIN's error skips the statement
+            self._send_message(PARSE, BEGIN_PARSE)
+            self._send_message(BIND, BEGIN_BIND)
+            _write(self._sock, EXECUTE_MSG)
         encoding = self._client_encoding
         parse = bytearray(NULL_BYTE + statement.encode(encoding) + NULL_BYTE)
         parse.extend(H_pack(len(oids)))

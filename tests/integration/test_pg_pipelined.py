@@ -42,8 +42,8 @@ def test_statements_answer_as_before_in_one_round_trip(engine):
         row = conn.execute(text("SELECT id, name, seen IS NOT NULL FROM t WHERE id = :id"),
                            {"id": 1}).one()
         assert tuple(row) == (1, "ä", True)
-        # BEGIN, the insert, the select: one round trip each (pg8000's own: 1 + 3 + 3)
-        assert counter["flushes"] == 3
+        # the insert with the BEGIN before it, then the select (pg8000's own: 1 + 3 + 3)
+        assert counter["flushes"] == 2
         conn.commit()
         assert conn.execute(text("SELECT count(*) FROM t WHERE id > :id"), {"id": 5}).scalar() == 0
 
@@ -58,9 +58,43 @@ def test_many_rows_insert_in_one_round_trip(engine):
         conn.commit()
         counter = count_flushes(conn.connection.dbapi_connection)
         conn.execute(insert(table), [{"id": i, "name": f"n{i}"} for i in range(50)])
-        assert counter["flushes"] == 2  # BEGIN, one INSERT of the 50 rows
+        assert counter["flushes"] == 1  # BEGIN and one INSERT of the 50 rows
         conn.commit()
         assert conn.execute(text("SELECT count(*), sum(id) FROM many")).one() == (50, 1225)
+
+
+def test_a_transaction_begins_with_its_first_statement(engine):
+    """pg8000's BEGIN goes with the statement after it (both protocols): one round trip, and
+    the statement is inside the transaction (a rollback undoes it)."""
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE t (id integer PRIMARY KEY)"))
+        conn.commit()
+        counter = count_flushes(conn.connection.dbapi_connection)
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")  # no parameters: a simple Query
+        assert conn.exec_driver_sql("SELECT now() = statement_timestamp()").scalar() is False
+        conn.rollback()
+        conn.execute(text("INSERT INTO t VALUES (:id)"), {"id": 2})  # parameters: Parse/Bind
+        conn.rollback()
+        assert counter["flushes"] == 5  # 2 statements + ROLLBACK, 1 statement + ROLLBACK
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 0
+        conn.rollback()
+        # a statement that fails leaves its transaction failed, as it would after a BEGIN alone
+        with pytest.raises(ProgrammingError):
+            conn.execute(text("SELECT nope FROM t WHERE id = :id"), {"id": 1})
+        assert conn.connection.dbapi_connection._in_transaction
+        conn.rollback()
+
+
+def test_autocommit_sends_no_begin(engine):
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE t (id integer PRIMARY KEY)"))
+        conn.commit()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("INSERT INTO t VALUES (:id)"), {"id": 1})
+        assert not conn.connection.dbapi_connection._in_transaction
+        conn.rollback()  # nothing to undo: the insert committed by itself
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
 
 
 def test_errors_leave_the_connection_usable(engine):
