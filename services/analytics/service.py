@@ -28,16 +28,16 @@ class AnalyticsService:
     def record_event(self, events):
         commands.record_all(self.db.session, events, self.routing_keys)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def list_events(self, event_type=None, since=None, until=None, user_id=None, course_id=None,
                     page=1, per_page=20, after=None):
         return commands.list_events(self.db.session, event_type, since, until, user_id,
                                     course_id, page, per_page, after)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def summary(self):
         return commands.summary(self.db.session)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,), read_only=True)
     def health(self):
         return check_database(self.db.session, self.name)

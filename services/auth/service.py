@@ -51,10 +51,10 @@ class AuthService:
         return commands.authenticate(self.db.session, self.passwords, self.throttle, email,
                                      password, client_address)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def get_user(self, user_id):
         return commands.get_user(self.db.session, user_id)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,), read_only=True)
     def health(self):
         return check_database(self.db.session, self.name)

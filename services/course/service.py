@@ -22,11 +22,11 @@ class CourseService:
         instructor = self.auth.get_user(args["instructor_id"])  # NotFound propagates
         return commands.create_course(self.db.session, self.dispatch, args, instructor)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def list_courses(self, page=1, per_page=20, after=None):
         return commands.list_courses(self.db.session, page, per_page, after)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def get_course(self, course_id):
         return commands.get_course(self.db.session, course_id)
 
@@ -34,15 +34,15 @@ class CourseService:
     def enroll(self, user_id, course_id):
         return commands.enroll(self.db.session, self.dispatch, user_id, course_id)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def list_enrollments(self, user_id, page=1, per_page=20, after=None):
         return commands.list_enrollments(self.db.session, user_id, page, per_page, after)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def is_enrolled(self, user_id, course_id):
         return commands.is_enrolled(self.db.session, user_id, course_id)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,), read_only=True)
     def health(self):
         return check_database(self.db.session, self.name)
 

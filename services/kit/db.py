@@ -191,11 +191,50 @@ def create_engine_for(uri, max_workers=10, pool_size=0, **overrides):
         ping_when_idle(engine)
     if url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", pg.connect)  # one round trip per statement
+        read_only_sessions(engine)
         # An INSERT of many rows without RETURNING (a batch's inbox records) as multi-row
         # INSERTs, as SQLAlchemy's psycopg2 dialect does: pg8000's executemany runs it once per
         # row, a round trip each. Read when a statement compiles, so set before any does.
         engine.dialect.use_insertmanyvalues_wo_returning = True
     return engine
+
+
+READ_ONLY = "read_only"  # in a Session's and a connection's ``info``: no transaction, no writes
+
+
+class WriteInReadOnly(RuntimeError):
+    """A statement that writes, run by a worker of an ``@rpc(read_only=True)`` method."""
+
+
+def read_only_sessions(engine):
+    """A session whose ``info`` has READ_ONLY runs its statements on a connection in autocommit:
+    no BEGIN before them, no COMMIT after (pg8000 skips a COMMIT outside a transaction,
+    services/kit/pg.py). Under READ COMMITTED each statement sees its own snapshot inside a
+    transaction too, so a read sees what it would have seen. A write there would commit at once
+    and outlive the method's failure: it is refused. The connection leaves autocommit when it
+    goes back to the pool."""
+
+    @event.listens_for(engine, "checkin")
+    def end_read_only(dbapi_connection, record):
+        if record.info.pop(READ_ONLY, False) and dbapi_connection is not None:  # None: invalidated
+            dbapi_connection.autocommit = False
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def refuse_writes(connection, _cursor, statement, _parameters, context, _executemany):
+        if connection.info.get(READ_ONLY) and context is not None and (
+                context.isinsert or context.isupdate or context.isdelete):
+            raise WriteInReadOnly(f"a read-only method wrote: {statement[:80]}")
+
+
+def begin_read_only(session, _transaction, connection):
+    """``after_begin`` of every worker session: a READ_ONLY one's connection goes to autocommit
+    (unless its ping already opened a transaction, which it then simply commits)."""
+    if not session.info.get(READ_ONLY) or connection.dialect.driver != "pg8000":
+        return
+    dbapi_connection = connection.connection.dbapi_connection
+    connection.info[READ_ONLY] = True
+    if not dbapi_connection._in_transaction:
+        dbapi_connection.autocommit = True
 
 
 # unique constraints and indexes -----------------------------------------------------------
@@ -357,6 +396,7 @@ class Database(nameko_sqlalchemy.Database):
         self._ended = weakref.WeakSet()  # workers whose transaction end_transaction() ended
         self.Session = nameko_sqlalchemy.database.sessionmaker(
             bind=self.engine, class_=nameko_sqlalchemy.database.Session, **self.session_options)
+        event.listen(self.Session, "after_begin", begin_read_only)
 
     def stop(self):
         # nameko stops the dependencies before the sub-extensions, so the outbox relay's and the
@@ -381,6 +421,8 @@ class Database(nameko_sqlalchemy.Database):
     def worker_setup(self, worker_ctx):
         # An event handler's worker: its inbox records go in before the handler runs, so that
         # whatever it writes commits with them (inbox.py).
+        if getattr(worker_ctx.entrypoint, READ_ONLY, False):
+            self.worker_session(worker_ctx).info[READ_ONLY] = True
         inbox = getattr(worker_ctx.entrypoint, "inbox", None)
         if inbox is not None:
             inbox.record(self.worker_session(worker_ctx),

@@ -94,6 +94,13 @@ class PipelinedConnection(pg8000.legacy.Connection):
         self._begin_pending = False  # a transaction that ran nothing has nothing to undo
         super().rollback()
 
+    def commit(self):
+        # pg8000 sends COMMIT even outside a transaction (autocommit, or nothing run since the
+        # last one): a round trip for the server's "no transaction in progress" warning
+        self._begin_pending = False
+        if self._in_transaction:
+            super().commit()
+
     def execute_unnamed(self, statement, vals=(), oids=(), stream=None):
         if self._sock is None:
             raise InterfaceError("connection is closed")

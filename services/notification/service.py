@@ -48,7 +48,7 @@ class NotificationService:
     def notify_instructor_of_review(self, event):
         notices.new_review(self._directory(), event)
 
-    @rpc
+    @rpc(read_only=True)
     def list_notifications(self, user_id, page=1, per_page=20, after=None):
         args = ListNotificationsArgs.shared().load_or_raise(
             {"user_id": user_id, "page": page, "per_page": per_page, "after": after})
@@ -56,6 +56,6 @@ class NotificationService:
         return page_of(self.db.session, query, (Notification.id,), args["page"],
                        args["per_page"], dumper(NotificationSchema), after=args["after"])
 
-    @rpc
+    @rpc(read_only=True)
     def health(self):
         return check_database(self.db.session, self.name)

@@ -21,10 +21,10 @@ class ReviewService:
         commands.check_may_review(self.course, args)
         return commands.create_review(self.db.session, self.dispatch, args)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    @rpc(expected_exceptions=EXPECTED_ERRORS, read_only=True)
     def list_reviews(self, course_id, page=1, per_page=20, after=None):
         return commands.list_reviews(self.db.session, course_id, page, per_page, after)
 
-    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,))
+    @rpc(expected_exceptions=EXPECTED_ERRORS + (ServiceUnavailable,), read_only=True)
     def health(self):
         return check_database(self.db.session, self.name)

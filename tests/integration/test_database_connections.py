@@ -1,6 +1,12 @@
-"""A service's pooled PostgreSQL connections dying under it (services/kit/db.py): the course
-service running for real on its own migrated database, its connections terminated by the server
-(what a restart or failover does to them), called over RPC as the gateway calls it.
+"""A service's PostgreSQL connections (services/kit/db.py), with the real server and broker.
+
+Read-only RPCs (``@rpc(read_only=True)``): their statements run outside a transaction, each
+committed by itself as under READ COMMITTED inside one; a write there is refused and leaves
+nothing; the connection is back in a transaction for the next method.
+
+Connections dying under a service: the course service running for real on its own migrated
+database, its connections terminated by the server (what a restart or failover does to them),
+called over RPC as the gateway calls it:
 
 - a connection idle longer than PING_AFTER_IDLE_SECONDS is pinged before use: a dead one is
   replaced and no request fails;
@@ -9,15 +15,75 @@ service running for real on its own migrated database, its connections terminate
 """
 import eventlet
 import pytest
+from nameko.exceptions import RemoteError
 from nameko.standalone.rpc import ClusterRpcProxy
+from sqlalchemy import Integer, create_engine, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.course.service import CourseService
-from services.kit import db
+from services.kit import Database, db
+from services.kit.db import normalize_url
 from services.kit.errors import ServiceUnavailable
+from services.kit.rpc import rpc
 from tests.conftest import _admin_connection
 from tests.support.broker import wait_until
 
 pytestmark = pytest.mark.integration
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Row(Base):
+    __tablename__ = "rows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+# inside a transaction, a second statement's time is later than the transaction's start
+STATEMENT_IS_TRANSACTION = text("SELECT statement_timestamp() = transaction_timestamp()")
+
+
+class Reader:
+    name = "reader"
+    db = Database(Base)
+
+    def _statements_are_transactions(self):
+        session = self.db.session
+        session.execute(select(func.count()).select_from(Row))
+        eventlet.sleep(0.01)
+        return session.execute(STATEMENT_IS_TRANSACTION).scalar()
+
+    @rpc(read_only=True)
+    def read(self):
+        return self._statements_are_transactions()
+
+    @rpc
+    def read_in_a_transaction(self):
+        return self._statements_are_transactions()
+
+    @rpc(read_only=True)
+    def write_anyway(self):
+        self.db.session.add(Row(id=1))
+
+
+def test_a_read_only_method_runs_without_a_transaction_and_cannot_write(
+        runner_factory, rabbit_config, make_database_url):
+    url = make_database_url("postgresql")
+    engine = create_engine(normalize_url(url))
+    Base.metadata.create_all(engine)
+    config = dict(rabbit_config, DB_URIS={"reader:Base": url}, max_workers=1)
+    runner_factory(config, Reader).start()
+    with ClusterRpcProxy(config, timeout=30) as proxy:
+        assert proxy.reader.read() is True
+        assert proxy.reader.read_in_a_transaction() is False  # the connection left autocommit
+        assert proxy.reader.read() is True
+        with pytest.raises(RemoteError, match="WriteInReadOnly"):
+            proxy.reader.write_anyway()
+        assert proxy.reader.read_in_a_transaction() is False
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Row)).scalar() == 0
+    engine.dispose()
 
 
 @pytest.fixture
