@@ -15,7 +15,9 @@ import json
 import logging
 
 import eventlet
-from nameko.exceptions import ConfigurationError, UnknownService
+from nameko.exceptions import (
+    ConfigurationError, IncorrectSignature, MethodNotFound, UnknownService,
+)
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug import exceptions as http_exceptions
@@ -80,6 +82,10 @@ ERROR_TABLE = (
     # The target service is not running at all (nameko: no queue bound for it).
     (UnknownService, 503, "service_unavailable",
      "a service did not answer in time; try again later"),
+    # A service instance of another version than the gateway's (a rolling deploy half way):
+    # it does not know the method or one of its arguments. Another instance may.
+    ((IncorrectSignature, MethodNotFound), 503, "service_unavailable",
+     "a service is being upgraded and could not take this request; try again later"),
     # The broker failed under the request (refused, reset, channel closed, nack): a node
     # restarting or failing over. TimedRpcProxy turns these into ServiceUnavailable; this row
     # catches them anywhere else.

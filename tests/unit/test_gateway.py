@@ -10,7 +10,9 @@ import jwt
 import kombu.exceptions
 import pytest
 import requests
-from nameko.exceptions import ConfigurationError, RemoteError
+from nameko.exceptions import (
+    ConfigurationError, IncorrectSignature, MethodNotFound, RemoteError,
+)
 from nameko.messaging import QueueConsumer
 from nameko.rpc import ReplyListener
 from nameko.testing.services import replace_dependencies
@@ -228,6 +230,22 @@ def test_service_errors_map_to_statuses(api, exc, status, code):
     else:
         assert "5s" not in body["message"]
         assert response.headers["Retry-After"] == "2"
+
+
+# What nameko answers when a service instance of another version than the gateway's does not
+# know an argument the gateway sends (the first seen in a rolling deploy: `after=` of the pages)
+# or the method itself: another instance may, so try again.
+@pytest.mark.parametrize("exc", [
+    IncorrectSignature("enroll() got an unexpected keyword argument 'after'"),
+    MethodNotFound("enroll"),
+])
+def test_a_service_of_another_version_is_503_with_retry_after(api, exc):
+    base, mocks = api
+    mocks["course"].enroll.side_effect = exc
+    response = requests.post(f"{base}/api/courses/3/enroll", headers=bearer(token_for(USER)))
+    assert_error(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "2"
+    assert "unexpected keyword" not in response.text
 
 
 # What kombu and py-amqp raised under an HTTP request while a broker node restarted (the first
