@@ -73,7 +73,9 @@ REQUESTS = [
     ("courses.after", "GET /api/courses?after=(the page before LAST's next: the same page, by key)"),
     ("course", "GET /api/courses/{id}"),
     ("reviews", "GET /api/courses/{id}/reviews"),
-    ("notifications", "GET /api/users/me/notifications"),
+    ("notifications", "GET /api/users/me/notifications (a random user: the gateway's user cache "
+                      "misses, so also auth's get_user)"),
+    ("notifications.again", "GET /api/users/me/notifications (one user again: the cache hits)"),
     ("events", "GET /api/events"),
     ("events.type", "GET /api/events?type=course.enrolled"),
     ("events.user", "GET /api/events?user_id=N"),
@@ -358,6 +360,8 @@ class Side:
                 return "GET", f"/api/courses/{rng.randint(1, n['courses'])}/reviews", {}
             if key == "notifications":
                 return "GET", "/api/users/me/notifications", student(rng.randint(1, n["users"]))
+            if key == "notifications.again":
+                return "GET", "/api/users/me/notifications", student(1 + _client)
             if key == "events":
                 return "GET", "/api/events", admin
             if key == "events.type":
@@ -378,6 +382,38 @@ class Side:
                         student(self.next_user))
             raise KeyError(key)
         return make
+
+
+class Floor:
+    """What any read costs before the suite adds anything: plain nameko's ``@http`` calling one
+    ``@rpc`` that returns its argument (bench/plain_services.py: no kit, no database, no auth),
+    two ``nameko run`` processes beside both suites, measured in the same rounds."""
+
+    def __init__(self, vhost, tmp):
+        self.vhost, self.tmp = vhost, tmp
+        self.services = []
+
+    def start(self):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        config = {"AMQP_URI": self.vhost.amqp_uri, "max_workers": 4,
+                  "WEB_SERVER_ADDRESS": f"127.0.0.1:{port}",
+                  "LOGGING": {"version": 1, "root": {"level": "WARNING"}}}
+        deadline = time.monotonic() + 120
+        for label, target, ready in (
+                ("floor_echo", "bench.plain_services:PlainEcho",
+                 lambda: self.vhost.consumers("rpc-plain_echo") > 0),
+                ("floor_web", "bench.plain_services:PlainWeb", procs.http_ok(self.url + "/rpc"))):
+            service = procs.Service(label, [target], config, self.tmp, ready)
+            self.services.append(service)
+            service.start(ROOT)
+            service.wait_ready(deadline)
+
+    def stop(self):
+        for service in self.services:
+            service.terminate()
+        for service in self.services:
+            service.stop()
 
 
 class ScaleBench:
@@ -408,6 +444,8 @@ class ScaleBench:
                 side.prepare()
             for side in self.sides:
                 side.start()
+            self.floor = Floor(small.vhost, self.tmp)
+            self.floor.start()
             self.load_at_first_round = [round(x, 2) for x in os.getloadavg()]
             log(f"both suites up; load average {self.load_at_first_round}")
             for round_ in range(1, self.args.runs + 1):
@@ -416,6 +454,8 @@ class ScaleBench:
                 self.run_pipeline()
             self.run_growth(small)
         finally:
+            if getattr(self, "floor", None) is not None:
+                self.floor.stop()
             for side in self.sides:
                 try:
                     side.stop()
@@ -427,7 +467,25 @@ class ScaleBench:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def run_floor(self):
+        for clients, total in self.sizes["requests"].items():
+            make = lambda _client, _index: ("GET", "/rpc", {})  # noqa: E731
+            closed_loop(self.floor.url, 1, 3, make)
+            ok, errors, seconds, lat = closed_loop(self.floor.url, clients, total // clients, make)
+            if errors:
+                raise RuntimeError(f"floor: {errors} failed requests")
+            self.record(f"floor.c{clients}.p50", percentile(lat, 50))
+            self.record(f"floor.c{clients}.p99", percentile(lat, 99))
+            self.record(f"floor.c{clients}.rate", ok / seconds)
+            log(f"  floor          {clients:2d} clients: p50 {percentile(lat, 50):.1f} ms, "
+                f"p99 {percentile(lat, 99):.1f} ms")
+
     def run_requests(self, round_):
+        self.run_floor()  # before the round's reads and after: two samples a round
+        self._run_reads(round_)
+        self.run_floor()
+
+    def _run_reads(self, round_):
         for key, _ in REQUESTS:
             for clients, total in self.sizes["requests"].items():
                 p50 = {}
@@ -626,6 +684,10 @@ def check_complete(result):
         for side in ("small", "large"):
             if not medians.get(f"{key}.{side}", 0) > 0:
                 missing.append(f"{key}.{side}")
+    for clients in result["sizes"]["requests"]:
+        for stat in ("p50", "p99", "rate"):
+            if not medians.get(f"floor.c{clients}.{stat}", 0) > 0:
+                missing.append(f"floor.c{clients}.{stat}")
     if not result["growth"]:
         missing.append("growth")
     return missing
@@ -667,6 +729,13 @@ def markdown_section(result):
                 f"{_f(medians.get(base + '.large.p50'))} | {_f(ratio, 2)}× | "
                 f"{_f(medians.get(base + '.small.p99'))} | {_f(p99)} | "
                 f"{_f(medians.get(base + '.large.rate'), 0)} | {'yes' if met else '**no**'} |")
+        floor = f"floor.c{clients}"
+        if medians.get(floor + ".p50") is not None:
+            lines += ["", f"The floor in the same rounds (before and after each round's requests, "
+                      f"the median of those): plain nameko's `@http` calling one `@rpc` that "
+                      f"returns its argument (no kit, no database, no auth; "
+                      f"bench/plain_services.py): p50 {_f(medians[floor + '.p50'])} ms, p99 "
+                      f"{_f(medians[floor + '.p99'])} ms, {_f(medians[floor + '.rate'], 0)} req/s."]
         lines.append("")
     lines += ["### Relay, consumers, replay", "",
               "| measure | small | large | small / large | met |", "|---|---:|---:|---:|---|"]
