@@ -6,7 +6,7 @@ import eventlet
 import pytest
 
 from services.kit.errors import Busy
-from services.kit.turns import Turns
+from services.kit.turns import Turns, TurnTimeout
 
 
 def crowd(turns, callers, work):
@@ -66,3 +66,100 @@ def test_a_queue_limit_refuses_beyond_it_whatever_the_estimate():
     turns = Turns(concurrency=1, max_wait=60, queue=2)
     outcomes = crowd(turns, 6, lambda: eventlet.sleep(0.01))
     assert sorted(outcome for outcome, _ in outcomes) == ["busy"] * 3 + ["ran"] * 3
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_turns_are_taken_in_arrival_order_also_by_a_caller_that_just_had_one(timeout):
+    # the gateway's login turns: a client on a keep-alive connection asks again as soon as its
+    # answer is out, and its next request is often read before the hub has woken anyone; it
+    # must queue behind those who waited meanwhile (eventlet's Semaphore let it straight back)
+    turns = Turns(concurrency=1, max_wait=60)
+    order = []
+    holding = eventlet.event.Event()
+
+    def first():
+        with turns.turn(timeout=timeout):
+            order.append("first")
+            holding.wait()
+        with turns.turn(timeout=timeout):  # again at once, without yielding to the hub
+            order.append("first again")
+
+    def later(name):
+        with turns.turn(timeout=timeout):
+            order.append(name)
+
+    threads = [eventlet.spawn(first)]
+    while turns.admitted < 1:
+        eventlet.sleep(0)
+    for name in ("second", "third"):
+        threads.append(eventlet.spawn(later, name))
+        while turns.admitted < len(threads):  # waiting now, in this order
+            eventlet.sleep(0)
+    holding.send()
+    for thread in threads:
+        thread.wait()
+    assert order == ["first", "second", "third", "first again"]
+    assert turns.admitted == 0
+
+
+def test_a_caller_that_gives_up_leaves_the_queue_and_no_turn_is_lost():
+    turns = Turns(concurrency=1, max_wait=60)
+    holding, order = eventlet.event.Event(), []
+
+    def hold():
+        with turns.turn():
+            order.append("holder")
+            holding.wait()
+
+    def impatient():
+        try:
+            with turns.turn(timeout=0.01):
+                order.append("impatient")
+        except TurnTimeout:
+            order.append("timed out")
+
+    def patient():
+        with turns.turn(timeout=60):
+            order.append("patient")
+
+    holder = eventlet.spawn(hold)
+    while turns.admitted < 1:
+        eventlet.sleep(0)
+    eventlet.spawn(impatient).wait()  # its turn did not come within its timeout
+    waiter = eventlet.spawn(patient)
+    while turns.admitted < 2:
+        eventlet.sleep(0)
+    killed = eventlet.spawn(patient)
+    while turns.admitted < 3:
+        eventlet.sleep(0)
+    killed.kill()  # gone while waiting
+    holding.send()
+    holder.wait()
+    waiter.wait()
+    assert order == ["holder", "timed out", "patient"]
+    assert (turns.admitted, turns.free) == (0, 1)
+
+
+def test_a_turn_handed_to_a_caller_killed_before_it_woke_goes_to_the_next():
+    turns = Turns(concurrency=1, max_wait=60)
+    holding, order = eventlet.event.Event(), []
+
+    def caller(name):
+        with turns.turn(timeout=60):
+            order.append(name)
+            if name == "first":
+                holding.wait()
+
+    threads = []
+    for name in ("first", "second", "third"):
+        threads.append(eventlet.spawn(caller, name))
+        while turns.admitted < len(threads):
+            eventlet.sleep(0)
+    holding.send()
+    while len(turns._waiting) == 2:  # the first's turn is over and handed to the second
+        eventlet.sleep(0)
+    threads[1].kill()  # before it ran
+    for thread in (threads[0], threads[2]):
+        thread.wait()
+    assert order == ["first", "third"]
+    assert (turns.admitted, turns.free) == (0, 1)
