@@ -714,9 +714,12 @@ def markdown_section(result):
              f"started (after the bulk load): {result.get('load_average_at_first_round')}.", ""]
     for clients in sizes["requests"]:
         clients = int(clients)
+        floor = f"floor.c{clients}"
+        floor_p99 = medians.get(floor + ".p99")
         lines += [f"### Requests, {clients} client{'s' if clients > 1 else ''} (ms)", "",
                   "| request | small p50 | large p50 | ratio (p50) | small p99 | large p99 | "
-                  "large req/s | met |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "large p99 / floor p99 | large req/s | met |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for key, what in REQUESTS:
             base = f"{key}.c{clients}"
             ratio = medians.get(f"{base}.ratio")
@@ -724,12 +727,12 @@ def markdown_section(result):
             met = ratio is not None and ratio <= RATIO_TARGET
             if clients == 1 and key in READS and p99 is not None:
                 met = met and p99 < READ_P99_TARGET_MS
+            over_floor = f"{p99 / floor_p99:.2f}×" if p99 and floor_p99 else "–"
             lines.append(
                 f"| {what} | {_f(medians.get(base + '.small.p50'))} | "
                 f"{_f(medians.get(base + '.large.p50'))} | {_f(ratio, 2)}× | "
-                f"{_f(medians.get(base + '.small.p99'))} | {_f(p99)} | "
+                f"{_f(medians.get(base + '.small.p99'))} | {_f(p99)} | {over_floor} | "
                 f"{_f(medians.get(base + '.large.rate'), 0)} | {'yes' if met else '**no**'} |")
-        floor = f"floor.c{clients}"
         if medians.get(floor + ".p50") is not None:
             lines += ["", f"The floor in the same rounds (before and after each round's requests, "
                       f"the median of those): plain nameko's `@http` calling one `@rpc` that "
