@@ -20,6 +20,7 @@ and never commit: the kit does, one rule for every entrypoint (the unit of work)
 
     @rpc method returns  --> commit --> reply         (services/kit/rpc.py)
     @rpc method raises   --> roll back --> reply with the error
+    @rpc(read_only=True) --> on PostgreSQL no transaction at all; a write is refused
     @event_handler       --> commit with the inbox records --> ack   (inbox.py, handlers.py)
 
     a write that breaks a unique constraint declared with raises_conflict(message), in the

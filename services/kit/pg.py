@@ -13,8 +13,9 @@ And the ``BEGIN`` pg8000 sends before a transaction's first statement, a round t
 goes with that statement instead: Parse, Bind and Execute of ``BEGIN`` ahead of the statement's
 messages, under the statement's one Sync (a statement without parameters, which pg8000 sends as
 a simple Query, gets ``BEGIN;`` in front). In both, a failing ``BEGIN`` makes the server skip
-the statement, so nothing ever runs outside the transaction it was meant for. A read is then
-two round trips (the SELECT, the COMMIT), a write of three statements four.
+the statement, so nothing ever runs outside the transaction it was meant for. A one-query read
+in a transaction is then two round trips (the SELECT, the COMMIT), a write of three statements
+four, and a read-only method's query one (no transaction at all: services/kit/db.py).
 
 ``create_engine_for`` (services/kit/db.py) makes every PostgreSQL engine connect with it.
 
