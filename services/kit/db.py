@@ -330,13 +330,21 @@ def end_transaction(session, exc_info):
     return exc_info
 
 
+# SQLite's OperationalErrors that pass (its others, "no such table" among them, are bugs or a
+# missing migration: the caller's 500)
+SQLITE_UNAVAILABLE = ("database is locked", "unable to open database")
+
+
 def unreachable_database(exc_info, service_name):
     """``exc_info`` as the caller should see it: a worker failed by its database's connection
-    (refused, closed under it, none free in the pool in time) fails with ServiceUnavailable,
-    which the gateway answers 503 with Retry-After, not with the driver's error (a 500)."""
+    (refused, closed under it, none free in the pool in time, SQLite's file locked) fails with
+    ServiceUnavailable, which the gateway answers 503 with Retry-After, not with the driver's
+    error (a 500)."""
     exc = exc_info[1] if exc_info else None
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated):
+    if isinstance(exc, (InterfaceError, PoolTimeout)) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
+            isinstance(exc, OperationalError)
+            and any(text in str(exc.orig) for text in SQLITE_UNAVAILABLE)):
         try:
             raise ServiceUnavailable(f"{service_name}: database unavailable "
                                      f"({type(exc).__name__})") from exc

@@ -1,11 +1,15 @@
 """The kit's unit of work (services/kit/db.py): commit or roll back, and declared conflicts."""
 import pytest
 from sqlalchemy import Index, Integer, String, UniqueConstraint, select
-from sqlalchemy.exc import IntegrityError
+import sys
+
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, TimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.kit.db import end_transaction, raises_conflict, violated_unique
-from services.kit.errors import Conflict
+from services.kit.db import (
+    end_transaction, raises_conflict, unreachable_database, violated_unique,
+)
+from services.kit.errors import Conflict, ServiceUnavailable
 from tests.support.db import in_memory_session
 
 
@@ -82,3 +86,30 @@ def test_what_postgresql_and_sqlite_report(session):
     assert violated_unique(Exception("UNIQUE constraint failed: seats.row, seats.number")) == (
         "seats", frozenset({"row", "number"}))
     assert violated_unique(Exception("NOT NULL constraint failed: seats.row")) is None
+
+
+def _exc_info(exc):
+    try:
+        raise exc
+    except Exception:
+        return sys.exc_info()
+
+
+@pytest.mark.parametrize("exc, unavailable", [
+    (InterfaceError("SELECT 1", {}, Exception("network error"), connection_invalidated=True), True),
+    (InterfaceError("SELECT 1", {}, Exception("Can't create a connection to host db")), True),
+    (TimeoutError("QueuePool limit of size 13 overflow 10 reached"), True),
+    (OperationalError("UPDATE t", {}, Exception("database is locked")), True),
+    (OperationalError("SELECT x", {}, Exception("no such table: courses")), False),
+    (IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: t.a")), False),
+    (ValueError("a bug"), False),
+])
+def test_a_database_that_cannot_be_reached_is_the_callers_service_unavailable(exc, unavailable):
+    """What the gateway then answers: 503 with Retry-After, not a 500 with the driver's error."""
+    answered = unreachable_database(_exc_info(exc), "course")[1]
+    if unavailable:
+        assert isinstance(answered, ServiceUnavailable)
+        assert answered.message.startswith("course: database unavailable")
+    else:
+        assert answered is exc
+    assert unreachable_database(None, "course") is None
