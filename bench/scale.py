@@ -343,7 +343,7 @@ class Side:
                 student_tokens[user] = {"Authorization": f"Bearer {token(user)}"}
             return student_tokens[user]
 
-        def make(_client, _index):
+        def make(client, _index):
             if key == "live":
                 return "GET", "/health/live", {}
             if key == "courses.first":
@@ -361,7 +361,7 @@ class Side:
             if key == "notifications":
                 return "GET", "/api/users/me/notifications", student(rng.randint(1, n["users"]))
             if key == "notifications.again":
-                return "GET", "/api/users/me/notifications", student(1 + _client)
+                return "GET", "/api/users/me/notifications", student(1 + client)
             if key == "events":
                 return "GET", "/api/events", admin
             if key == "events.type":
@@ -424,6 +424,7 @@ class ScaleBench:
         self.tmp = tempfile.mkdtemp(prefix="kn-bench-scale-")
         self.values = {}  # key -> [per round]
         self.growth = []
+        self.floor = None
 
     def record(self, key, value):
         self.values.setdefault(key, []).append(value)
@@ -454,7 +455,7 @@ class ScaleBench:
                 self.run_pipeline()
             self.run_growth(small)
         finally:
-            if getattr(self, "floor", None) is not None:
+            if self.floor is not None:
                 self.floor.stop()
             for side in self.sides:
                 try:
