@@ -19,7 +19,9 @@
     broker away, process killed --> rows stay unsent; swept up every OUTBOX_POLL_INTERVAL s
 
 Delivery is at least once: a crash between the confirm and the marking republishes; the
-consumers' inboxes absorb that (inbox.py).
+consumers' inboxes absorb that (inbox.py). For the same reason the marking's COMMIT does not
+wait for PostgreSQL's WAL flush (``commit_without_flush_wait``, db.py): a database server crash
+that loses it republishes too.
 """
 import json
 import logging
@@ -33,7 +35,7 @@ from services.kit import metrics, topology
 from services.kit.amqp import event_message, new_publisher
 from services.kit.background import BackgroundLoop
 from services.kit.constants import EVENTS_EXCHANGE
-from services.kit.db import find_database, utcnow
+from services.kit.db import commit_without_flush_wait, find_database, utcnow
 from services.kit.envelope import new_event
 from services.kit.retention import RetentionSweeper
 from services.kit.settings import AMQP_URI, OUTBOX_BATCH_SIZE, OUTBOX_POLL_INTERVAL
@@ -131,9 +133,11 @@ class OutboxRelay(BackgroundLoop, SharedExtension):
             # that nobody subscribes to this event type.
             log.error("event %r published, but no queue is bound to it: nobody will see it",
                       routing_key)
-        # Confirmed: mark sent. A crash right here republishes them; inboxes absorb that.
+        # Confirmed: mark sent. A crash right here republishes them; inboxes absorb that, so
+        # the marking need not wait for the disk either.
         model = self.database.outbox_model
         with self.database.engine.begin() as connection:
+            commit_without_flush_wait(connection)
             connection.execute(update(model).where(model.id.in_([row.id for row in rows]))
                                .values(sent_at=utcnow()))
         for row in rows:

@@ -16,6 +16,8 @@ a simple Query, gets ``BEGIN;`` in front). In both, a failing ``BEGIN`` makes th
 the statement, so nothing ever runs outside the transaction it was meant for. A one-query read
 in a transaction is then two round trips (the SELECT, the COMMIT), a write of three statements
 four, and a read-only method's query one (no transaction at all: services/kit/db.py).
+A ``SET LOCAL`` run first in a transaction (``commit_without_flush_wait`` in
+services/kit/db.py) waits with the BEGIN and goes with them: no round trip of its own either.
 
 ``create_engine_for`` (services/kit/db.py) makes every PostgreSQL engine connect with it.
 
@@ -59,46 +61,59 @@ ISO_READERS = {
 
 
 BEGIN = "begin transaction"  # what pg8000's cursor sends before a transaction's first statement
-BEGIN_PARSE = NULL_BYTE + BEGIN.encode("ascii") + NULL_BYTE + H_pack(0)
-BEGIN_BIND = NULL_BYTE + NULL_BYTE + H_pack(0) + H_pack(0) + H_pack(0)
+NO_PARAMETERS_BIND = NULL_BYTE + NULL_BYTE + H_pack(0) + H_pack(0) + H_pack(0)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_without_parameters(statement):
+    return NULL_BYTE + statement.encode("ascii") + NULL_BYTE + H_pack(0)
 
 
 class PipelinedConnection(pg8000.legacy.Connection):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._begin_pending = False  # BEGIN asked for, to be sent with the next statement
+        # BEGIN asked for, then the SET LOCALs run before anything else: sent with the next
+        # statement (empty: no transaction is waiting to start)
+        self._prologue = []
         for oid, read in ISO_READERS.items():
             self.register_in_adapter(oid, read)
 
-    def _take_begin(self):
-        """Whether the next statement must start the transaction pg8000 asked for."""
-        pending, self._begin_pending = self._begin_pending, False
-        return pending and not self.autocommit and not self._in_transaction
+    def _take_prologue(self):
+        """What the next statement must send first: the BEGIN pg8000 asked for and the SET
+        LOCALs since (nothing if no transaction is waiting to start)."""
+        prologue, self._prologue = self._prologue, []
+        return prologue if not self.autocommit and not self._in_transaction else []
 
     def execute_simple(self, statement):
         if statement == BEGIN and not self.autocommit:
-            self._begin_pending = True
+            # asked for again before every statement until one has run: keep what waits
+            self._prologue = self._prologue or [BEGIN]
             return Context(statement)
-        if not self._take_begin():
+        if self._prologue and statement.upper().startswith("SET LOCAL "):
+            # it only changes the transaction that the next statement runs in: it goes with it
+            self._prologue.append(statement)
+            return Context(statement)
+        prologue = self._take_prologue()
+        if not prologue:
             return super().execute_simple(statement)
         if self._sock is None:
             raise InterfaceError("connection is closed")
         context = Context(statement)
         # one simple Query: a statement that fails skips the rest of its string
-        self.send_QUERY(f"{BEGIN};\n{statement}")
+        self.send_QUERY(";\n".join([*prologue, statement]))
         _flush(self._sock)
         self.handle_messages(context)
         return context
 
     def rollback(self):
-        self._begin_pending = False  # a transaction that ran nothing has nothing to undo
+        self._prologue = []  # a transaction that ran nothing has nothing to undo
         super().rollback()
 
     def commit(self):
         # pg8000 sends COMMIT even outside a transaction (autocommit, or nothing run since the
         # last one): a round trip for the server's "no transaction in progress" warning
-        self._begin_pending = False
+        self._prologue = []
         if self._in_transaction:
             super().commit()
 
@@ -106,9 +121,10 @@ class PipelinedConnection(pg8000.legacy.Connection):
         if self._sock is None:
             raise InterfaceError("connection is closed")
         context = Context(statement, stream=stream)
-        if self._take_begin():  # under the statement's Sync: BEGIN's error skips the statement
-            self._send_message(PARSE, BEGIN_PARSE)
-            self._send_message(BIND, BEGIN_BIND)
+        # under the statement's Sync: an error in the prologue skips the statement
+        for prior in self._take_prologue():
+            self._send_message(PARSE, _parse_without_parameters(prior))
+            self._send_message(BIND, NO_PARAMETERS_BIND)
             _write(self._sock, EXECUTE_MSG)
         encoding = self._client_encoding
         parse = bytearray(NULL_BYTE + statement.encode(encoding) + NULL_BYTE)

@@ -17,7 +17,7 @@ import eventlet
 import pytest
 from nameko.exceptions import RemoteError
 from nameko.standalone.rpc import ClusterRpcProxy
-from sqlalchemy import Integer, create_engine, func, select, text
+from sqlalchemy import Engine, Integer, create_engine, event, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.course.service import CourseService
@@ -91,9 +91,9 @@ def course(runner_factory, services_config):
     # no background loop touches the pool meanwhile: only the test's RPCs do
     config = services_config("course", OUTBOX_POLL_INTERVAL=3600, RETENTION_INTERVAL=3600)
     runner_factory(config, CourseService).start()
-    database = config["DB_URIS"]["course:Base"].rsplit("/", 1)[1]
+    url = config["DB_URIS"]["course:Base"]
     with ClusterRpcProxy(config, timeout=30) as proxy:
-        yield proxy.course, database
+        yield proxy.course, url.rsplit("/", 1)[1], url
 
 
 def terminate_connections(database):
@@ -112,7 +112,7 @@ def terminate_connections(database):
 @pytest.mark.parametrize("database_backend", ["postgresql"])
 def test_a_connection_that_died_while_idle_costs_no_request(course, monkeypatch):
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.2)
-    rpc, database = course
+    rpc, database, _ = course
     assert rpc.list_courses()["total"] == 0
     terminate_connections(database)
     eventlet.sleep(0.3)  # idle past the ping threshold
@@ -123,10 +123,54 @@ def test_a_connection_that_died_while_idle_costs_no_request(course, monkeypatch)
 @pytest.mark.parametrize("database_backend", ["postgresql"])
 def test_a_connection_that_died_in_use_costs_one_request_a_503(course, monkeypatch):
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600)
-    rpc, database = course
+    rpc, database, _ = course
     assert rpc.list_courses()["total"] == 0
     terminate_connections(database)
     with pytest.raises(ServiceUnavailable, match="course: database unavailable"):
         rpc.list_courses()
     # the failure renewed the pool: the next request gets a new connection
     assert rpc.list_courses()["total"] == 0
+
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql"])
+def test_only_the_relays_marking_commits_without_waiting_for_the_disk(course):
+    """An enrollment (the change and its outbox row) commits as the server is set
+    (synchronous_commit on); the relay's marking of its confirmed event as sent, which a server
+    crash could only undo into a republish, does not wait for the WAL flush."""
+    rpc, _, url = course
+    engine = create_engine(normalize_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO courses (id, title, description, instructor_id, created_at) "
+                          "VALUES (1, 'Durability 101', 'd', 999, now())"))
+    engine.dispose()
+    open_transactions, transactions = {}, []  # statements, per connection
+
+    def record(conn, _cursor, statement, _parameters, _context, _executemany):
+        open_transactions.setdefault(id(conn.connection.dbapi_connection), []).append(statement)
+
+    def end(conn):
+        transactions.append(open_transactions.pop(id(conn.connection.dbapi_connection), []))
+
+    listeners = [(Engine, "before_cursor_execute", record), (Engine, "commit", end),
+                 (Engine, "rollback", end)]
+    for listener in listeners:
+        event.listen(*listener)
+    try:
+        rpc.enroll(7, 1)
+        wait_until(lambda: any(s.startswith("UPDATE outbox_events SET sent_at")
+                               for statements in transactions for s in statements),
+                   timeout=10, message="the course.enrolled event marked sent")
+    finally:
+        for listener in listeners:
+            event.remove(*listener)
+
+    def the_one(prefix):
+        [statements] = [statements for statements in transactions
+                        if any(s.startswith(prefix) for s in statements)]
+        return statements
+
+    enrollment = the_one("INSERT INTO outbox_events")
+    marking = the_one("UPDATE outbox_events SET sent_at")
+    assert not any("synchronous_commit" in s for s in enrollment), enrollment
+    assert marking[0] == "SET LOCAL synchronous_commit TO OFF", marking

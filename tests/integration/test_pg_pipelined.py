@@ -7,7 +7,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, Text, insert, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from services.kit import pg
-from services.kit.db import create_engine_for
+from services.kit.db import commit_without_flush_wait, create_engine_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +83,37 @@ def test_a_transaction_begins_with_its_first_statement(engine):
             conn.execute(text("SELECT nope FROM t WHERE id = :id"), {"id": 1})
         assert conn.connection.dbapi_connection._in_transaction
         conn.rollback()
+
+
+def test_commit_without_flush_wait_holds_for_its_transaction_alone(engine):
+    """The SET LOCAL goes with the transaction's first statement (no round trip of its own, in
+    both protocols), applies to that transaction, and is gone after it."""
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE t (id integer PRIMARY KEY)"))
+        conn.commit()
+        counter = count_flushes(conn.connection.dbapi_connection)
+        commit_without_flush_wait(conn)
+        conn.execute(text("INSERT INTO t VALUES (:id)"), {"id": 1})  # Parse/Bind
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        conn.commit()
+        assert counter["flushes"] == 3  # the insert, the SHOW, the COMMIT
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        conn.commit()
+        commit_without_flush_wait(conn)
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"  # simple Query
+        conn.rollback()
+        commit_without_flush_wait(conn)
+        conn.commit()  # a transaction that ran nothing: nothing sent
+        assert counter["flushes"] == 7  # 3 before, SHOW + COMMIT, SHOW + ROLLBACK
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        conn.rollback()
+        # a SET LOCAL that fails fails the statement it went with, which did not run
+        conn.exec_driver_sql("SET LOCAL no_such_setting TO 1")
+        with pytest.raises(ProgrammingError):
+            conn.execute(text("INSERT INTO t VALUES (:id)"), {"id": 2})
+        conn.rollback()
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
 
 
 def test_autocommit_sends_no_begin(engine):
