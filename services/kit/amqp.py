@@ -93,9 +93,35 @@ def _connection_lost_ignored():
                     "redelivers the message", exc)
 
 
+class ConsumerConnection(Connection):
+    """A consumer's kombu Connection, which never reconnects behind the consumer's back.
+
+    kombu's ``connection`` property opens a new connection when it finds the old one dead, and
+    py-amqp marks a connection dead as soon as one write on it fails: a worker's ack while the
+    broker node goes away, before the consumer's own read has seen the socket close. The
+    consumer's next ``drain_events`` then read from that new connection, which has no channel
+    and no consumers: heartbeats kept it alive, no error was raised, and the service never
+    consumed again (the fault matrix's H2, about one run in 25). Here that is a lost
+    connection: the consumer reconnects, declares and consumes again, and the broker redelivers
+    what the old connection had not acked.
+    """
+
+    @property
+    def connection(self):
+        if self._connection is not None and not self._closed and not self.connected:
+            raise amqp.exceptions.RecoverableConnectionError(
+                "connection to the broker lost (a write on it failed)")
+        return super().connection
+
+
 class QueueConsumer(messaging.QueueConsumer):
-    """nameko's QueueConsumer, whose reconnect warning redacts every node's password, and which
-    goes round the broker's nodes every second or two while none answers."""
+    """nameko's QueueConsumer, whose reconnect warning redacts every node's password, which goes
+    round the broker's nodes every second or two while none answers, and whose connection
+    never reconnects by itself (``ConsumerConnection``)."""
+
+    def create_connection(self):
+        # kombu's clone(), into the class that does not reconnect by itself
+        return ConsumerConnection(**dict(self.connection._info(resolve=False)))
 
     def ack_message(self, message):
         with _connection_lost_ignored():

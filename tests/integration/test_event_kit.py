@@ -2,6 +2,7 @@
 
 Each test gets its own RabbitMQ vhost (nameko's ``rabbit_config`` fixture) and its own databases.
 """
+import errno
 import json
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from services.kit import topology
 from services.kit import Database, EventDispatcher, InboxRecordMixin, OutboxEventMixin, event_handler
 from services.kit.constants import EVENTS_EXCHANGE, HEADER_REPLAYED
 from services.kit.db import normalize_url
+from services.kit.handlers import EventQueueConsumer
 from tests.support.broker import wait_until
 from tests.support.db import query
 
@@ -337,6 +339,44 @@ def test_event_dispatched_while_broker_unreachable_is_relayed_when_back(broker_p
     assert properties.message_id == event_id
     assert json.loads(body)["data"] == {"text": "while away"}
     wait_until(lambda: unsent(config) == 0, message="outbox row marked sent")
+
+
+def note_event(event_id, text):
+    return {"event_id": event_id, "event_type": "note.created",
+            "timestamp": "2026-12-01T10:00:00+00:00", "source": "test", "version": 1,
+            "data": {"text": text}}
+
+
+@pytest.mark.parametrize("database_backend", ["sqlite"])
+def test_a_consumer_whose_ack_was_lost_with_its_connection_consumes_again(container_factory,
+                                                                          config, plain):
+    """When a broker node dies under a worker's ack, py-amqp marks the connection dead at that
+    failed write, before the consumer's own read sees the socket close. kombu then reconnected
+    by itself, to a connection without consumers, and the service never consumed again (the
+    fault matrix's H2, now and then). The consumer must reconnect and consume as after any
+    lost connection: the event after the lost ack is handled, the unacked one once."""
+    container = container_factory(Recorder, config)
+    container.start()
+    consumer = next(extension for extension in container.extensions
+                    if isinstance(extension, EventQueueConsumer))
+    transport = next(iter(consumer._consumers.values())).channel.connection._transport
+    write = transport._write
+
+    def write_fails_once(data):  # as the socket of a node that was just killed does
+        transport._write = write
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+    transport._write = write_fails_once  # the next write on it: the first event's ack
+    plain.publish("note.created", note_event("a" * 32, "its ack is lost"))
+    wait_until(lambda: len(effects(config)) == 1, message="the first event handled")
+    assert transport._write is write  # its ack was the write that failed
+    eventlet.sleep(1.5)  # the consumer reads with a 1-s timeout: it has looked at its connection
+    plain.publish("note.created", note_event("b" * 32, "after the lost ack"))
+    wait_until(lambda: len(effects(config)) == 2, timeout=20,
+               message="the event after the lost ack handled")
+    wait_until(lambda: plain.message_count(RECORD_QUEUE) == 0, message="the queue drained")
+    eventlet.sleep(1)  # the first event, redelivered, is skipped as a duplicate
+    assert sorted(row.event_id for row in effects(config)) == ["a" * 32, "b" * 32]
 
 
 def test_event_dispatched_before_consumer_ever_started_waits_for_it(container_factory, config):
