@@ -101,9 +101,9 @@ class ConsumerConnection(Connection):
     broker node goes away, before the consumer's own read has seen the socket close. The
     consumer's next ``drain_events`` then read from that new connection, which has no channel
     and no consumers: heartbeats kept it alive, no error was raised, and the service never
-    consumed again (the fault matrix's H2, about one run in 25). Here that is a lost
-    connection: the consumer reconnects, declares and consumes again, and the broker redelivers
-    what the old connection had not acked.
+    consumed again (the fault matrix's H2: once in 27 rounds where it was found). Here that is
+    a lost connection: the consumer reconnects, declares and consumes again, and the broker
+    redelivers what the old connection had not acked.
     """
 
     @property

@@ -162,6 +162,6 @@ class MailSender(BackgroundLoop, DependencyProvider):
                         mail.id, mail.email, attempts, self.max_attempts, delay, error,
                         exc_info=not isinstance(exc, MailError))
         with self.database.engine.begin() as connection:
-            commit_without_flush_wait(connection)  # lost in a crash: mailed again
+            commit_without_flush_wait(connection)  # lost in a crash: tried again sooner
             connection.execute(update(Notification).where(Notification.id == mail.id)
                                .values(attempts=attempts, last_error=error, **values))
