@@ -114,7 +114,9 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.run_name = f"kn_bench_{uuid.uuid4().hex[:10]}"
-        self.sizes = QUICK if args.quick else FULL
+        self.sizes = dict(QUICK if args.quick else FULL)
+        if args.enroll:  # other request counts, for a longer look at one level
+            self.sizes["enroll"] = args.enroll
         self.values = {key: [] for key in ROW_KEYS}
         self.tmp = tempfile.mkdtemp(prefix="kn-bench-")
         self.services = []
@@ -656,6 +658,9 @@ def main(argv=None):
     parser.add_argument("--only", default=",".join(PHASES), metavar="PHASE,...",
                         help="run only these phases (of %s); a partial run is printed, not "
                              "written, unless --out is given" % ", ".join(PHASES))
+    parser.add_argument("--enroll", metavar="CLIENTS=N,...",
+                        help="the enrollment levels and requests per side instead (e.g. 1=3000: "
+                             "one client, 3,000 requests each side); a run with it is partial")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite OUT/results.md from the JSON files there (and the notes)")
     args = parser.parse_args(argv)
@@ -664,7 +669,12 @@ def main(argv=None):
     unknown = set(args.only) - set(PHASES)
     if unknown:
         parser.error(f"unknown phase(s) {', '.join(sorted(unknown))}; phases: {', '.join(PHASES)}")
-    partial = set(args.only) != set(PHASES)
+    try:
+        args.enroll = {int(clients): int(total) for clients, total in (
+            level.split("=") for level in args.enroll.split(","))} if args.enroll else None
+    except ValueError:
+        parser.error("--enroll: CLIENTS=N,... (e.g. 1=3000,10=5000)")
+    partial = set(args.only) != set(PHASES) or args.enroll is not None
     if args.out is None and (args.render or not partial):
         args.out = HERE
     if args.render:
