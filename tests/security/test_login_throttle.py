@@ -14,8 +14,14 @@ from tests.support.broker import wait_until
 pytestmark = pytest.mark.integration
 
 PASSWORD = "a long passphrase 1"
+# The load shedding of logins (a 503 when the expected wait for a turn is over LOGIN_MAX_WAIT
+# or PASSWORD_HASH_MAX_WAIT, tests/e2e/test_login_burst.py) is not what these tests check: on
+# a busy machine its estimate refused one of the 20 parallel logins below (PostgreSQL, a full
+# `make test`). Long waits (within a longer RPC_TIMEOUT) keep it out of the way; every answer
+# here is the throttle's.
 LIMITS = dict(LOGIN_FREE_FAILURES_PER_ADDRESS=6, LOGIN_FREE_FAILURES_PER_ACCOUNT=3,
-              LOGIN_DELAY_BASE_SECONDS=5, LOGIN_DELAY_MAX_SECONDS=60)
+              LOGIN_DELAY_BASE_SECONDS=5, LOGIN_DELAY_MAX_SECONDS=60,
+              LOGIN_MAX_WAIT=8, PASSWORD_HASH_MAX_WAIT=8, RPC_TIMEOUT=15)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
