@@ -107,11 +107,13 @@ class ConsumerConnection(Connection):
     """
 
     @property
-    def connection(self):
-        if self._connection is not None and not self._closed and not self.connected:
+    def connection(self):  # read at every drain_events: one check of the connection
+        if self._connection is None or self._closed:
+            return super().connection  # the first connect, or closed on purpose
+        if not self.connected:
             raise amqp.exceptions.RecoverableConnectionError(
                 "connection to the broker lost (a write on it failed)")
-        return super().connection
+        return self._connection
 
 
 class QueueConsumer(messaging.QueueConsumer):

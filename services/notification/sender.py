@@ -17,8 +17,9 @@ sweeps every ``MAIL_RETRY_INTERVAL`` seconds. For each batch of due notification
 A redelivered or replayed event never reaches this far twice (the kit's inbox), so each
 notification is mailed once; only a crash between the server's "250 OK" and step 3 can mail
 it a second time, after the lease (at-least-once, as mail goes). The sender's own commits (the
-claim, the marking) therefore do not wait for PostgreSQL's WAL flush
-(``commit_without_flush_wait``): a database server crash that loses one mails again, too.
+claim, the marking, a failed try) therefore do not wait for PostgreSQL's WAL flush
+(``commit_without_flush_wait``): a database server crash that loses one mails again (or tries
+again sooner), too.
 """
 import logging
 from datetime import timedelta

@@ -132,7 +132,6 @@ def test_a_connection_that_died_in_use_costs_one_request_a_503(course, monkeypat
     assert rpc.list_courses()["total"] == 0
 
 
-
 @pytest.mark.parametrize("database_backend", ["postgresql"])
 def test_only_the_relays_marking_commits_without_waiting_for_the_disk(course):
     """An enrollment (the change and its outbox row) commits as the server is set

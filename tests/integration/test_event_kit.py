@@ -342,9 +342,7 @@ def test_event_dispatched_while_broker_unreachable_is_relayed_when_back(broker_p
 
 
 def note_event(event_id, text):
-    return {"event_id": event_id, "event_type": "note.created",
-            "timestamp": "2026-12-01T10:00:00+00:00", "source": "test", "version": 1,
-            "data": {"text": text}}
+    return dict(ticket_event(event_id, text), event_type="note.created")
 
 
 @pytest.mark.parametrize("database_backend", ["sqlite"])
